@@ -1,0 +1,114 @@
+"""The exceptions duravoke raises.
+
+Every one of them derives from :class:`DuravokeError` and also from the builtin it
+resembles, so ``except TimeoutError`` keeps working for code that does not know us::
+
+    DuravokeError (Exception)
+    ├── SerializationError (TypeError)     a value cannot be recorded
+    ├── CorruptStateError (ValueError)     a state file is damaged; it is left untouched
+    ├── WorkflowBusyError (TimeoutError)   another process or thread runs the workflow
+    ├── WorkflowError (RuntimeError)       ``workflow()`` was misused (e.g. nested twice)
+    ├── OutsideStepError (RuntimeError)    a step-only function was called outside a step
+    ├── WorkflowNotFoundError (LookupError) no state is recorded under that workflow id
+    └── StoreError (OSError)               the store could not write; nothing was lost
+
+Duravoke never wraps or swallows an exception raised by your own code.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "CorruptStateError",
+    "DuravokeError",
+    "OutsideStepError",
+    "SerializationError",
+    "StoreError",
+    "WorkflowBusyError",
+    "WorkflowError",
+    "WorkflowNotFoundError",
+]
+
+
+class DuravokeError(Exception):
+    """Base class of every error duravoke raises on its own account."""
+
+
+class SerializationError(DuravokeError, TypeError):
+    """A value could not be recorded (or an argument could not identify a call).
+
+    Attributes:
+        function: the decorated function's name, when known.
+        where: where in the value the problem sits, e.g. ``result[2]['when']``.
+        type_name: the qualified name of the offending type.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        function: str | None = None,
+        where: str | None = None,
+        type_name: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.function = function
+        self.where = where
+        self.type_name = type_name
+
+
+class CorruptStateError(DuravokeError, ValueError):
+    """A state file is damaged or of an unknown format; duravoke left it as it was.
+
+    Attributes:
+        path: the damaged file.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+
+
+class WorkflowBusyError(DuravokeError, TimeoutError):
+    """Another process or thread is running the workflow and ``timeout`` ran out.
+
+    Attributes:
+        workflow_id: the workflow that was busy.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class WorkflowError(DuravokeError, RuntimeError):
+    """``workflow()`` was used in a way that cannot work, such as nesting the same id."""
+
+
+class OutsideStepError(DuravokeError, RuntimeError):
+    """A function that only makes sense inside a durable step was called outside one."""
+
+
+class WorkflowNotFoundError(DuravokeError, LookupError):
+    """No state is recorded under the given workflow id.
+
+    Attributes:
+        workflow_id: the id that was looked up.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class StoreError(DuravokeError, OSError):
+    """The store failed to write or read; what was recorded before is kept.
+
+    Attributes:
+        path: the file (or store) involved, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)

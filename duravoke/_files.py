@@ -1,0 +1,85 @@
+"""Small, careful file operations: private folders and files, atomic replace, fsync.
+
+Platform differences are decided once, here, at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["atomic_write", "ensure_folder", "fsync_folder", "read_bytes", "remove"]
+
+# Windows cannot open a directory to fsync it; there os.replace is as durable as it gets.
+_CAN_FSYNC_FOLDERS = os.name == "posix"
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a creation, rename or removal inside ``folder`` durable."""
+    if not _CAN_FSYNC_FOLDERS:
+        return
+    fd = os.open(folder, os.O_RDONLY | _O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) readable by its owner only, if missing.
+
+    An existing folder keeps its permissions: it may be the user's own.
+    """
+    if folder.is_dir():
+        return
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            p.mkdir(mode=0o700)
+            # mkdir's mode is filtered by the umask; say it again to be sure.
+            os.chmod(p, 0o700)
+        fsync_folder(p.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole.
+
+    Write a temporary file in the same folder, flush and fsync it, ``os.replace`` it
+    over the target, then fsync the folder. The target is never truncated in place.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        fsync_folder(path.parent)
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The content of ``path``, or None when it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def remove(path: Path, *, sync: bool = True) -> bool:
+    """Delete ``path`` if it exists (durably); tell whether it did."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    if sync:
+        fsync_folder(path.parent)
+    return True

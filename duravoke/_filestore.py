@@ -1,0 +1,294 @@
+"""The stores that keep state in files: one folder of workflows, or one shared file.
+
+Each workflow has a snapshot (the readable JSON state file) and, while it runs, a
+journal of the records added since. Loading applies the journal over the snapshot;
+finishing a run compacts the journal into the snapshot with an atomic replace and
+removes it. Only the holder of the workflow's lock writes either file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import filelock
+import platformdirs
+
+from ._errors import CorruptStateError, StoreError
+from ._files import atomic_write, ensure_folder, read_bytes, remove
+from ._journal import Journal
+from ._state import Record, State, apply, dump_snapshot, load_snapshot, new_state, parse_journal
+from ._store import Durability, Lease, Store
+
+__all__ = ["DirectoryStore", "PersistedKKV", "default_folder"]
+
+logger = logging.getLogger("duravoke")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def default_folder() -> Path:
+    """The default store folder: ``$DURAVOKE_HOME``, else the user state folder."""
+    home = os.environ.get("DURAVOKE_HOME")
+    return Path(home) if home else platformdirs.user_state_path("duravoke")
+
+
+def _file_stem(workflow_id: str) -> str:
+    # Never the raw id: a readable, safe prefix for people, then a hash for uniqueness.
+    digest = hashlib.sha256(workflow_id.encode("utf-8")).hexdigest()[:32]
+    slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_")
+    return f"{slug}.{digest}" if slug else digest
+
+
+def _check_id(workflow_id: object) -> str:
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"a workflow id must be a str, not {type(workflow_id).__name__}")
+    try:
+        workflow_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"workflow id {workflow_id!r} is not valid Unicode text") from None
+    return workflow_id
+
+
+class _FileStore(Store):
+    """What both file stores share; subclasses place the files and the snapshot."""
+
+    def __init__(self, durability: Durability) -> None:
+        if durability not in ("fsync", "flush"):
+            raise ValueError(f"durability must be 'fsync' or 'flush', not {durability!r}")
+        self.durability: Durability = durability
+
+    def _folder(self) -> Path:
+        raise NotImplementedError
+
+    def _snapshot_state(self, workflow_id: str) -> State | None:
+        raise NotImplementedError
+
+    def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
+        raise NotImplementedError
+
+    def _journal_path(self, workflow_id: str) -> Path:
+        return self._folder() / f"{_file_stem(workflow_id)}.journal"
+
+    def try_lock(self, workflow_id: str) -> Lease | None:
+        """Take the workflow's lock file without waiting."""
+        folder = self._folder()
+        ensure_folder(folder)
+        lock_path = folder / f"{_file_stem(_check_id(workflow_id))}.lock"
+        lock = filelock.FileLock(lock_path, mode=0o600, thread_local=False)
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return None
+        return _FileLease(self, workflow_id, lock)
+
+    def read(self, workflow_id: str) -> State | None:
+        """Snapshot plus journal, without the lock (a torn last record is ignored)."""
+        return self._load(_check_id(workflow_id))[0]
+
+    def _load(self, workflow_id: str) -> tuple[State | None, bool, bool]:
+        """(state, journal exists, journal torn)."""
+        state = self._snapshot_state(workflow_id)
+        path = self._journal_path(workflow_id)
+        data = read_bytes(path)
+        if data is None:
+            return state, False, False
+        records, torn = parse_journal(data, str(path), workflow_id)
+        if records:
+            state = state or new_state()
+            for record in records:
+                apply(state, record)
+        return state, True, torn
+
+    def _journal_ids(self, folder: Path) -> set[str]:
+        ids = set()
+        for path in folder.glob("*.journal"):
+            try:
+                with path.open("rb") as f:
+                    header = f.readline()
+                ids.add(_header_id(header))
+            except (OSError, ValueError, KeyError, TypeError):
+                logger.warning("skipping unreadable journal %s", path)
+        return ids
+
+
+def _header_id(line: bytes) -> str:
+    workflow = json.loads(line[9:])["workflow"]
+    if not isinstance(workflow, str):
+        raise TypeError(line)
+    return workflow
+
+
+class _FileLease(Lease):
+    def __init__(self, store: _FileStore, workflow_id: str, lock: filelock.BaseFileLock) -> None:
+        super().__init__(workflow_id)
+        self.blocking = store.durability == "fsync"
+        self._store = store
+        self._lock = lock
+        self._journal: Journal | None = None
+
+    def load(self) -> State:
+        store, wid = self._store, self.workflow_id
+        state, exists, torn = store._load(wid)
+        state = state or new_state()
+        if torn:
+            # A crash cut the last record short. Fold the intact part into the snapshot
+            # and start a new journal, so that no new record lands after the torn one.
+            store._save_snapshot(wid, state)
+            remove(store._journal_path(wid))
+            exists = False
+        self._journal = Journal(store._journal_path(wid), wid, sync=self.blocking, exists=exists)
+        return state
+
+    def append(self, records: Sequence[Record]) -> None:
+        assert self._journal is not None, "load() first"
+        self._journal.append(records)
+
+    @property
+    def fsyncs(self) -> int:
+        """How many fsyncs the journal issued (for benchmarks and tests)."""
+        return 0 if self._journal is None else self._journal.fsyncs
+
+    def close(self, state: State | None) -> None:
+        try:
+            if self._journal is not None:
+                self._journal.close()
+            if state is not None:
+                self._store._save_snapshot(self.workflow_id, state)
+                remove(self._store._journal_path(self.workflow_id))
+        except OSError as exc:
+            raise StoreError(
+                f"could not compact the state of workflow {self.workflow_id!r} in"
+                f" {self._store.location}: {exc}. Its journal still holds every record.",
+                path=self._store.location,
+            ) from exc
+        finally:
+            self._lock.release()
+
+    def forget(self) -> bool:
+        found = self._store._save_snapshot(self.workflow_id, None)
+        return remove(self._store._journal_path(self.workflow_id)) or found
+
+
+class DirectoryStore(_FileStore):
+    """The default store: a folder with one state file per workflow.
+
+    Args:
+        path: the folder. None means ``$DURAVOKE_HOME`` if set, else the user state
+            folder that platformdirs gives for "duravoke" (looked up on each use, so
+            setting the variable later still counts).
+        durability: ``"fsync"`` (a recorded step survives power loss) or ``"flush"``
+            (it survives the process crashing, not the machine; much faster).
+
+    Files: ``<name>.json`` (the state), ``<name>.journal`` (records not yet folded in,
+    while a run is going on or after a crash) and ``<name>.lock``, where ``<name>`` is a
+    filesystem-safe prefix of the workflow id followed by a hash of the whole id.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "fsync"
+    ) -> None:
+        super().__init__(durability)
+        self._path = None if path is None else Path(path)
+
+    @property
+    def location(self) -> str:
+        """The folder."""
+        return str(self._folder())
+
+    def _folder(self) -> Path:
+        return self._path if self._path is not None else default_folder()
+
+    def _snapshot_path(self, workflow_id: str) -> Path:
+        return self._folder() / f"{_file_stem(workflow_id)}.json"
+
+    def _snapshot_state(self, workflow_id: str) -> State | None:
+        path = self._snapshot_path(workflow_id)
+        data = read_bytes(path)
+        if data is None:
+            return None
+        workflows = load_snapshot(data, str(path))
+        if list(workflows) != [workflow_id]:
+            raise CorruptStateError(
+                f"{path} does not hold workflow {workflow_id!r}; it was left untouched.",
+                path=path,
+            )
+        return workflows[workflow_id]
+
+    def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
+        path = self._snapshot_path(workflow_id)
+        if state is None:
+            return remove(path)
+        atomic_write(path, dump_snapshot({workflow_id: state}))
+        return True
+
+    def workflow_ids(self) -> list[str]:
+        """Every workflow with a state file or a journal in the folder."""
+        folder = self._folder()
+        if not folder.is_dir():
+            return []
+        ids = self._journal_ids(folder)
+        for path in folder.glob("*.json"):
+            try:
+                ids.update(load_snapshot(path.read_bytes(), str(path)))
+            except (OSError, CorruptStateError):
+                logger.warning("skipping unreadable state file %s", path)
+        return sorted(ids)
+
+
+class PersistedKKV(_FileStore):
+    """All workflows in one readable JSON file (the original duravoke store).
+
+    Args:
+        path: the state file, e.g. ``"./duravoke_state.json"``. Journals and lock files
+            live beside it in the folder ``<path>.d``.
+        durability: as for :class:`DirectoryStore`.
+
+    Finishing a workflow rewrites the whole file (atomically), so prefer
+    :class:`DirectoryStore` for thousands of workflows; steps themselves only append
+    to their workflow's journal and cost the same either way.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync") -> None:
+        super().__init__(durability)
+        self.path = Path(path).absolute()
+
+    @property
+    def location(self) -> str:
+        """The state file."""
+        return str(self.path)
+
+    def _folder(self) -> Path:
+        return self.path.with_name(self.path.name + ".d")
+
+    def _all(self) -> dict[str, State]:
+        data = read_bytes(self.path)
+        return {} if data is None else load_snapshot(data, str(self.path))
+
+    def _snapshot_state(self, workflow_id: str) -> State | None:
+        return self._all().get(workflow_id)
+
+    def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
+        ensure_folder(self._folder())
+        # Read-modify-write of the shared file: one writer at a time across processes.
+        with filelock.FileLock(self._folder() / "store.lock", mode=0o600, thread_local=False):
+            workflows = self._all()
+            if state is None:
+                if workflow_id not in workflows:
+                    return False
+                del workflows[workflow_id]
+            else:
+                workflows[workflow_id] = state
+            atomic_write(self.path, dump_snapshot(workflows))
+            return True
+
+    def workflow_ids(self) -> list[str]:
+        """Every workflow in the file or with a journal beside it."""
+        folder = self._folder()
+        ids = self._journal_ids(folder) if folder.is_dir() else set()
+        return sorted(ids | set(self._all()))

@@ -1,0 +1,103 @@
+"""What makes two calls "the same call": argument digests, step ids, idempotency keys.
+
+A step is identified within its workflow by (caller path, function name, argument
+digest, occurrence); see the README. This module computes the pieces that do not
+depend on the run: the canonical JSON of a call's arguments and the hashes built
+from it. Occurrences are counted by the run itself (``_workflow``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import SerializationError
+from ._serializer import JSONSerializer, canonical_json
+
+__all__ = ["CallIdentity", "call_key", "idempotency_key_for", "implicit_workflow_id"]
+
+# Arguments are always encoded as JSON, whatever serializer records results: an
+# identity must be canonical and must never depend on pickle.
+_ARGS = JSONSerializer()
+
+#: Arguments this short are also written into the step record, for people to read.
+ARGS_PREVIEW_LIMIT = 200
+
+
+class CallIdentity:
+    """Turns the arguments of calls to one function into canonical JSON."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, key: Callable[..., Any] | None) -> None:
+        self.name = name
+        self._key = key
+        self._signature = inspect.signature(key or fn)
+        params = list(self._signature.parameters.values())
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        # The common case (every argument passed positionally, no *args, no defaults
+        # to fill) needs no Signature.bind, which costs more than the rest together.
+        self._fast = tuple(p.name for p in params) if all(p.kind in plain for p in params) else None
+
+    def encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[object, str]:
+        """The encoded arguments and their canonical JSON.
+
+        Raises:
+            SerializationError: an argument cannot be encoded; says how ``key=`` helps.
+        """
+        if self._key is not None:
+            try:
+                encoded = _ARGS.encode(self._key(*args, **kwargs), where="key(...)", canonical=True)
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"{self.name}(): the value returned by key= cannot identify the call: {exc}",
+                    function=self.name,
+                    where=exc.where,
+                    type_name=exc.type_name,
+                ) from None
+            return encoded, canonical_json(encoded)
+        fast = self._fast
+        if fast is not None and not kwargs and len(args) == len(fast):
+            bound: dict[str, Any] = dict(zip(fast, args, strict=True))
+        else:
+            ba = self._signature.bind(*args, **kwargs)
+            ba.apply_defaults()
+            bound = ba.arguments
+        out = {}
+        for param, value in bound.items():
+            try:
+                out[param] = _ARGS.encode(value, where=param, canonical=True)
+            except SerializationError as exc:
+                raise self._bad_argument(param, exc) from None
+        return out, canonical_json(out)
+
+    def _bad_argument(self, param: str, exc: SerializationError) -> SerializationError:
+        names = ", ".join(self._signature.parameters)
+        return SerializationError(
+            f"{self.name}(): argument {param!r} cannot identify the call: {exc.where} is a"
+            f" {exc.type_name}, which is not JSON. Tell duravoke what identifies the call"
+            f" with key=, for example @duravoke.duravoke(key=lambda {names}: <a JSON value,"
+            f" such as an id>).",
+            function=self.name,
+            where=exc.where,
+            type_name=exc.type_name,
+        )
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def call_key(path_key: str, name: str, args_json: str) -> str:
+    """The hash of (caller path, function name, argument digest): a step id minus occurrence."""
+    return _hash(path_key, name, args_json)
+
+
+def implicit_workflow_id(name: str, args_json: str) -> str:
+    """The id of the workflow a decorated call forms when no ``workflow()`` encloses it."""
+    return f"{name}:{_hash(args_json)[:16]}"
+
+
+def idempotency_key_for(workflow_id: str, sid: str) -> str:
+    """A key unique to a step's identity and the same on every re-run of it."""
+    return "duravoke-" + _hash("idempotency", workflow_id, sid)

@@ -1,0 +1,209 @@
+"""The state of a workflow, the records that change it, and their on-disk encodings.
+
+Pure functions only: every store (files, memory, Postgres) shares them, so a workflow
+means the same thing wherever it is kept.
+
+A workflow's state is a plain dict, exactly as it appears in the state file::
+
+    {"status": "completed", "started": "...", "updated": "...", "runs": 2,
+     "error": None, "steps": {sid: step, ...}}
+
+A record is either a step (it has a ``"sid"``) or a workflow event (it has an
+``"event"``: ``"running"``, ``"completed"`` or ``"failed"``). Applying records in
+order rebuilds the state; applying one twice changes nothing, which is what lets a
+journal be replayed over a snapshot that already contains some of it.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import datetime, timezone
+from typing import Any
+
+from ._errors import CorruptStateError
+
+__all__ = [
+    "FORMAT",
+    "JOURNAL_FORMAT",
+    "VERSION",
+    "Record",
+    "State",
+    "apply",
+    "dump_snapshot",
+    "journal_line",
+    "load_snapshot",
+    "new_state",
+    "now_iso",
+    "parse_journal",
+]
+
+FORMAT = "duravoke"
+JOURNAL_FORMAT = "duravoke-journal"
+VERSION = 1
+
+Record = dict[str, Any]
+State = dict[str, Any]
+
+_STATUSES = frozenset({"running", "completed", "failed"})
+
+
+def now_iso() -> str:
+    """The current time as an ISO 8601 string in UTC, as every record stores it."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_state() -> State:
+    """The state of a workflow that has never run."""
+    return {
+        "status": "new",
+        "started": None,
+        "updated": None,
+        "runs": 0,
+        "error": None,
+        "steps": {},
+    }
+
+
+def apply(state: State, record: Record) -> None:
+    """Apply one record to ``state`` in place."""
+    sid = record.get("sid")
+    if sid is not None:
+        state["steps"][sid] = record
+        state["updated"] = record["started"]
+        return
+    event = record["event"]
+    state["status"] = event
+    state["updated"] = record["at"]
+    if event == "running":
+        state["runs"] = record["run"]
+        state["error"] = None
+        if state["started"] is None:
+            state["started"] = record["at"]
+    elif event == "failed":
+        state["error"] = record.get("error")
+
+
+def _checksum(text: str) -> str:
+    return f"crc32:{zlib.crc32(text.encode('utf-8')):08x}"
+
+
+def _compact(data: object) -> str:
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dump_snapshot(workflows: dict[str, State]) -> bytes:
+    """Encode the state file: indented for people, with a checksum of its content.
+
+    The checksum covers the compact JSON of ``workflows``; whitespace is free to change,
+    a changed value is not.
+    """
+    head = {"format": FORMAT, "version": VERSION, "checksum": _checksum(_compact(workflows))}
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    body = json.dumps(workflows, ensure_ascii=False, allow_nan=False, indent=1)
+    return ("{\n" + "\n".join(lines) + '\n "workflows": ' + body + "\n}\n").encode("utf-8")
+
+
+def load_snapshot(data: bytes, path: str) -> dict[str, State]:
+    """Decode a state file, raising :class:`CorruptStateError` on any damage."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _corrupt(path, "it is not valid JSON (it was truncated or damaged)") from None
+    if not isinstance(doc, dict) or set(doc) != {"format", "version", "checksum", "workflows"}:
+        raise _corrupt(path, "it is not a duravoke state file")
+    _check_version(doc.get("format"), FORMAT, doc.get("version"), path)
+    workflows = doc["workflows"]
+    if not isinstance(workflows, dict) or doc["checksum"] != _checksum(_compact(workflows)):
+        raise _corrupt(path, "its checksum does not match its content (it was damaged or edited)")
+    for state in workflows.values():
+        if not _valid_state(state):
+            raise _corrupt(path, "a workflow in it has an unexpected shape")
+    return workflows
+
+
+def _valid_state(state: object) -> bool:
+    return (
+        isinstance(state, dict)
+        and isinstance(state.get("steps"), dict)
+        and state.get("status") in _STATUSES | {"new"}
+        and all(isinstance(s, dict) and "status" in s for s in state["steps"].values())
+    )
+
+
+def journal_line(record: Record) -> bytes:
+    """One journal record: ``<crc32 hex> <compact JSON>\\n``."""
+    body = _compact(record).encode("utf-8")
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record], bool]:
+    """Decode a journal into its records and whether it ended in a torn record.
+
+    The first line is a header naming the format, version and workflow. A damaged
+    record followed only by damage is what a crash mid-write leaves: it is dropped
+    and reported as torn. A damaged record followed by an intact one is real
+    corruption and raises :class:`CorruptStateError`.
+    """
+    records: list[Record] = []
+    torn = False
+    for line in data.split(b"\n"):
+        record = _parse_line(line)
+        if record is None:
+            torn = torn or bool(line)
+            continue
+        if torn:
+            raise _corrupt(path, "a record in the middle of it is damaged")
+        records.append(record)
+    if not records:
+        return [], torn
+    header = records.pop(0)
+    _check_version(header.get("format"), JOURNAL_FORMAT, header.get("version"), path)
+    if header.get("workflow") != workflow_id:
+        raise _corrupt(path, f"it belongs to workflow {header.get('workflow')!r}")
+    if not all(_valid_record(r) for r in records):
+        raise _corrupt(path, "a record in it has an unexpected shape")
+    return records, torn
+
+
+def _parse_line(line: bytes) -> Record | None:
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    body = line[9:]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        record = json.loads(body.decode("utf-8"))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _valid_record(record: Record) -> bool:
+    if "sid" in record:
+        return isinstance(record["sid"], str) and "status" in record and "started" in record
+    event = record.get("event")
+    return (
+        event in _STATUSES
+        and "at" in record
+        and (event != "running" or isinstance(record.get("run"), int))
+    )
+
+
+def _check_version(fmt: object, expected: str, version: object, path: str) -> None:
+    if fmt != expected:
+        raise _corrupt(path, "it is not a duravoke state file")
+    if version != VERSION:
+        raise CorruptStateError(
+            f"{path} has format version {version!r}, but this duravoke reads version {VERSION}."
+            " Upgrade duravoke to read it; the file was left untouched.",
+            path=path,
+        )
+
+
+def _corrupt(path: str, why: str) -> CorruptStateError:
+    return CorruptStateError(
+        f"cannot load {path}: {why}. The file was left untouched; move it aside (or restore"
+        " it from a backup) to start that state afresh, or use `duravoke forget`.",
+        path=path,
+    )
