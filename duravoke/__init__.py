@@ -29,6 +29,7 @@ from ._serializer import Serializer as Serializer
 from ._store import InMemoryKKV as InMemoryKKV
 from ._store import Lease as Lease
 from ._store import Store as Store
+from ._stores import open_store as open_store
 from ._workflow import Workflow as Workflow
 from ._workflow import idempotency_key as idempotency_key
 
@@ -54,6 +55,7 @@ __all__ = [
     "default_instance",
     "duravoke",
     "idempotency_key",
+    "open_store",
     "workflow",
 ]
 

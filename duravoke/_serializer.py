@@ -62,6 +62,8 @@ class _Unsupported(Exception):  # noqa: N818 - private signal, never escapes
 
 
 _NoneType = type(None)
+_PLAIN = frozenset((str, int, bool, _NoneType))  # passed through as they are
+_SCALARS = _PLAIN | {float}  # what json.loads can give back as is
 _Path = type(pathlib.Path())  # PosixPath or WindowsPath: what Path(...) gives back here
 _SUPPORTED = (
     "JSON types, tuple, set, frozenset, bytes, datetime, date, time, timedelta, UUID, "
@@ -71,25 +73,28 @@ _SUPPORTED = (
 
 
 def _enc(v: Any, canon: bool) -> Any:
+    # Hot path: scalars are checked inline before paying for a recursive call.
     t = type(v)
     if t is str or t is int or t is bool or v is None:
         return v
     if t is float and v - v == 0.0:  # cheaper than math.isfinite; inf - inf is nan
         return v
+    if t is list:
+        return [x if type(x) in _PLAIN else _enc(x, canon) for x in v]
+    if t is dict:
+        obj = {}
+        for k, x in v.items():
+            if type(k) is not str:
+                return _enc_pairs(v, canon)
+            obj[k] = x if type(x) in _PLAIN else _enc(x, canon)
+        # A "$t" key would make the object look tagged, so such dicts are tagged themselves.
+        return _enc_pairs(v, canon) if "$t" in obj else obj
+    if t is tuple:
+        return {"$t": "tuple", "v": _enc(list(v), canon)}
     handler = _ENCODERS.get(t)
     if handler is None:
         raise _Unsupported
     return handler(v, canon)
-
-
-def _enc_dict(v: dict[Any, Any], canon: bool) -> Any:
-    out = {}
-    for k, x in v.items():
-        if type(k) is not str:
-            return _enc_pairs(v, canon)
-        out[k] = _enc(x, canon)
-    # A "$t" key would make the object look tagged, so such dicts are tagged themselves.
-    return _enc_pairs(v, canon) if "$t" in out else out
 
 
 def _enc_pairs(v: dict[Any, Any], canon: bool) -> Any:
@@ -102,7 +107,7 @@ def _enc_pairs(v: dict[Any, Any], canon: bool) -> Any:
 def _enc_set(tag: str) -> Callable[[Any, bool], Any]:
     def encode(v: Any, canon: bool) -> Any:
         # Always sorted: iteration order of a set varies between runs (str hashing).
-        return {"$t": tag, "v": sorted((_enc(x, canon) for x in v), key=_canonical)}
+        return {"$t": tag, "v": sorted(_enc(list(v), canon), key=_canonical)}
 
     return encode
 
@@ -132,9 +137,6 @@ def _tagged(tag: str, convert: Callable[[Any], Any]) -> Callable[[Any, bool], An
 
 _ENCODERS: dict[type, Callable[[Any, bool], Any]] = {
     float: _nonfinite,
-    list: lambda v, canon: [_enc(x, canon) for x in v],
-    dict: _enc_dict,
-    tuple: lambda v, canon: {"$t": "tuple", "v": [_enc(x, canon) for x in v]},
     set: _enc_set("set"),
     frozenset: _enc_set("frozenset"),
     bytes: _tagged("bytes", lambda v: base64.b64encode(v).decode("ascii")),
@@ -224,13 +226,16 @@ class _MalformedError(ValueError):
 
 def _dec(data: Any) -> Any:
     t = type(data)
-    if t is str or t is int or t is float or t is bool or data is None:
+    if t in _SCALARS:
         return data
     if t is list:
-        return [_dec(x) for x in data]
+        return [x if type(x) in _SCALARS else _dec(x) for x in data]
     if t is dict:
         if "$t" not in data:
-            return {k: _dec(x) for k, x in data.items()}
+            obj = {}
+            for k, x in data.items():
+                obj[k] = x if type(x) in _SCALARS else _dec(x)
+            return obj
         tag = data["$t"]
         decoder = _DECODERS.get(tag) if type(tag) is str else None
         if decoder is None or len(data) != 2 or "v" not in data:
@@ -256,7 +261,7 @@ def _str(convert: Callable[[str], Any]) -> Callable[[Any], Any]:
 def _items(v: Any) -> list[Any]:
     if type(v) is not list:
         raise TypeError(f"expected a list, got {type(v).__name__}")
-    return [_dec(x) for x in v]
+    return _dec(v)  # type: ignore[no-any-return]
 
 
 def _dec_timedelta(v: Any) -> dt.timedelta:
