@@ -1,0 +1,65 @@
+"""Group commit: threads that write at the same time share one durable write.
+
+The first caller in becomes the writer for everything queued so far; the others wait
+for it and return once their items are written. One fsync (or one transaction) then
+serves many steps, which is what makes concurrent async steps cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = ["GroupCommit"]
+
+T = TypeVar("T")
+
+
+class GroupCommit(Generic[T]):
+    """Calls ``write(batch)`` with everything submitted while the previous write ran.
+
+    After a write fails, every later :meth:`submit` raises ``on_error(failure)``: a
+    failed write may have left a partial record, after which nothing may be added.
+    """
+
+    def __init__(
+        self, write: Callable[[list[T]], None], on_error: Callable[[BaseException], Exception]
+    ) -> None:
+        self._write = write
+        self._on_error = on_error
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[T] = []
+        self._queued = 0  # tickets handed out
+        self._done = 0  # tickets durably written
+        self._writing = False
+        self._failure: BaseException | None = None
+
+    def submit(self, item: T) -> None:
+        """Queue ``item`` and return once it has been written."""
+        with self._cond:
+            self._queue.append(item)
+            self._queued += 1
+            ticket = self._queued
+            while self._done < ticket:
+                if self._failure is not None:
+                    raise self._on_error(self._failure) from self._failure
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                batch, self._queue = self._queue, []
+                upto, self._writing = self._queued, True
+                self._cond.release()
+                failure: BaseException | None = None
+                try:
+                    self._write(batch)
+                except BaseException as exc:
+                    failure = exc
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+                if failure is not None:
+                    self._failure = failure
+                    raise self._on_error(failure) from failure
+                self._done = upto
