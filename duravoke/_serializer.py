@@ -90,7 +90,7 @@ def _enc(v: Any, canon: bool) -> Any:
         # A "$t" key would make the object look tagged, so such dicts are tagged themselves.
         return _enc_pairs(v, canon) if "$t" in obj else obj
     if t is tuple:
-        return {"$t": "tuple", "v": _enc(list(v), canon)}
+        return {"$t": "tuple", "v": [x if type(x) in _PLAIN else _enc(x, canon) for x in v]}
     handler = _ENCODERS.get(t)
     if handler is None:
         raise _Unsupported
@@ -100,7 +100,8 @@ def _enc(v: Any, canon: bool) -> Any:
 def _enc_pairs(v: dict[Any, Any], canon: bool) -> Any:
     pairs = [[_enc(k, canon), _enc(x, canon)] for k, x in v.items()]
     if canon:
-        pairs.sort(key=lambda pair: _canonical(pair[0]))
+        # By key; by value too, for keys that encode alike (two NaN keys).
+        pairs.sort(key=lambda pair: (_canonical(pair[0]), _canonical(pair[1])))
     return {"$t": "dict", "v": pairs}
 
 
@@ -112,19 +113,27 @@ def _enc_set(tag: str) -> Callable[[Any, bool], Any]:
     return encode
 
 
-def _enc_time(tag: str) -> Callable[[Any, bool], Any]:
-    def encode(v: Any, canon: bool) -> Any:
-        if not _tz_ok(v):
-            raise _Unsupported
-        return {"$t": tag, "v": v.isoformat()}
-
-    return encode
-
-
 def _tz_ok(v: dt.datetime | dt.time) -> bool:
-    # A zoneinfo/pytz tzinfo would come back as a fixed offset, and a time() with a
-    # zoneinfo tzinfo would even lose it, so only fixed offsets are accepted.
-    return v.tzinfo is None or type(v.tzinfo) is dt.timezone
+    # isoformat() keeps only the offset: a zoneinfo/pytz tzinfo would come back as a
+    # fixed offset (a time() would even lose it), and timezone(offset, "CET") would lose
+    # its name, which tzname() and strftime("%Z") show. So only those that survive pass.
+    tz = v.tzinfo
+    return (
+        tz is None
+        or tz is dt.timezone.utc
+        or (type(tz) is dt.timezone and tz.tzname(None) == _unnamed(tz).tzname(None))
+    )
+
+
+def _unnamed(tz: dt.timezone) -> dt.timezone:
+    offset = tz.utcoffset(None)
+    return dt.timezone(offset) if offset else dt.timezone.utc
+
+
+def _enc_time(v: dt.datetime | dt.time, canon: bool) -> Any:
+    if not _tz_ok(v):
+        raise _Unsupported
+    return {"$t": "datetime" if type(v) is dt.datetime else "time", "v": v.isoformat()}
 
 
 def _nonfinite(v: float, canon: bool) -> Any:
@@ -140,9 +149,9 @@ _ENCODERS: dict[type, Callable[[Any, bool], Any]] = {
     set: _enc_set("set"),
     frozenset: _enc_set("frozenset"),
     bytes: _tagged("bytes", lambda v: base64.b64encode(v).decode("ascii")),
-    dt.datetime: _enc_time("datetime"),
+    dt.datetime: _enc_time,
     dt.date: _tagged("date", dt.date.isoformat),
-    dt.time: _enc_time("time"),
+    dt.time: _enc_time,
     dt.timedelta: _tagged("timedelta", lambda v: [v.days, v.seconds, v.microseconds]),
     uuid.UUID: _tagged("uuid", str),
     decimal.Decimal: _tagged("decimal", str),
@@ -171,16 +180,16 @@ def _children(v: Any, where: str) -> Iterator[tuple[str, Any]]:
         yield from ((f"{where}[{i}]", x) for i, x in enumerate(v))
 
 
+def _refuse(where: str, type_name: str, why: str) -> SerializationError:
+    return SerializationError(f"cannot record {where}: {why}", where=where, type_name=type_name)
+
+
 def _find(v: Any, where: str, path: set[int]) -> SerializationError | None:
-    """Walk the value slowly, building locations, to explain why encoding failed."""
+    """Walk the value again, slowly, building locations, to explain why encoding failed."""
     t = type(v)
     if t in _CONTAINERS:
         if id(v) in path:
-            return SerializationError(
-                f"cannot record {where}: this {t.__name__} contains itself",
-                where=where,
-                type_name=_type_name(t),
-            )
+            return _refuse(where, _type_name(t), f"this {t.__name__} contains itself")
         path.add(id(v))
         for child_where, child in _children(v, where):
             found = _find(child, child_where, path)
@@ -188,40 +197,29 @@ def _find(v: Any, where: str, path: set[int]) -> SerializationError | None:
                 return found
         path.discard(id(v))
         return None
-    if t in _ENCODERS or t in (str, int, bool, float, _NoneType):
-        if t not in (dt.datetime, dt.time) or _tz_ok(v):
-            return None
-        tz = _type_name(type(v.tzinfo))
-        return SerializationError(
-            f"cannot record {where}: a {t.__name__} with a {tz!r} tzinfo would come back with "
-            "a fixed UTC offset; convert it first, e.g. with .astimezone(datetime.timezone.utc)",
-            where=where,
-            type_name=tz,
+    if t not in _ENCODERS and t not in _PLAIN:
+        name = _type_name(t)
+        why = f"type {name!r} is not supported by JSONSerializer (supported: {_SUPPORTED})"
+        return _refuse(where, name, why)
+    if t in (dt.datetime, dt.time) and not _tz_ok(v):
+        why = (
+            f"its tzinfo {v.tzinfo!r} would come back as a plain UTC offset; only naive values "
+            "and unnamed datetime.timezone offsets are kept. Convert it first, e.g. with "
+            ".astimezone(datetime.timezone.utc)"
         )
-    name = _type_name(t)
-    return SerializationError(
-        f"cannot record {where}: type {name!r} is not supported by JSONSerializer "
-        f"(supported: {_SUPPORTED})",
-        where=where,
-        type_name=name,
-    )
+        return _refuse(where, _type_name(type(v.tzinfo)), why)
+    return None
 
 
 def _explain(value: Any, where: str, cause: BaseException) -> BaseException:
     try:
         found = _find(value, where, set())
     except RecursionError:
-        return SerializationError(
-            f"cannot record {where}: it is nested too deeply",
-            where=where,
-            type_name=_type_name(type(value)),
+        return _refuse(
+            where, _type_name(type(value)), "it is nested deeper than the recursion limit allows"
         )
     # Nothing wrong with the value: the recursion limit was hit by the caller's own stack.
     return cause if found is None else found
-
-
-class _MalformedError(ValueError):
-    """Keeps the innermost message when a broken value sits deep inside another."""
 
 
 def _dec(data: Any) -> Any:
@@ -242,10 +240,8 @@ def _dec(data: Any) -> Any:
             raise ValueError(f"unknown or malformed tagged value: {data!r:.200}")
         try:
             return decoder(data["v"])
-        except _MalformedError:
-            raise
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            raise _MalformedError(f"malformed {tag!r} value {data['v']!r:.200}: {exc}") from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise ValueError(f"malformed {tag!r} value {data['v']!r:.100}: {exc}") from exc
     raise ValueError(f"not JSON data: {_type_name(t)}")
 
 
@@ -277,17 +273,9 @@ def _dec_pairs(v: Any) -> dict[Any, Any]:
     return dict(pairs)
 
 
-_FLOATS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-
-def _dec_float(v: Any) -> float:
-    if type(v) is not str or v not in _FLOATS:
-        raise ValueError("expected 'nan', 'inf' or '-inf'")
-    return _FLOATS[v]
-
-
+_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "float": _dec_float,
+    "float": _str(_FLOATS.__getitem__),
     "dict": _dec_pairs,
     "tuple": lambda v: tuple(_items(v)),
     "set": lambda v: set(_items(v)),
@@ -358,19 +346,11 @@ class PickleSerializer:
         """Pickle ``value`` (protocol 5, readable by every supported Python)."""
         name = _type_name(type(value))
         if canonical:
-            raise SerializationError(
-                f"cannot record {where}: PickleSerializer cannot produce a canonical encoding",
-                where=where,
-                type_name=name,
-            )
+            raise _refuse(where, name, "PickleSerializer cannot produce a canonical encoding")
         try:
             blob = pickle.dumps(value, protocol=5)
-        except Exception as exc:  # pickling fails with many types (PicklingError, TypeError...)
-            raise SerializationError(
-                f"cannot record {where}: {name!r} cannot be pickled: {exc}",
-                where=where,
-                type_name=name,
-            ) from exc
+        except Exception as exc:  # pickling fails in many ways (PicklingError, TypeError...)
+            raise _refuse(where, name, f"{name!r} cannot be pickled: {exc}") from exc
         return {"$t": "pickle", "v": base64.b64encode(blob).decode("ascii")}
 
     def decode(self, data: JSONValue) -> object:
@@ -379,6 +359,7 @@ class PickleSerializer:
             raise ValueError(f"not a pickled value: {data!r:.200}")
         try:
             blob = base64.b64decode(data["v"], validate=True)  # type: ignore[arg-type]
-        except (TypeError, binascii.Error) as exc:
+            return pickle.loads(blob)  # noqa: S301 - the user opted in; see the class warning
+        except (TypeError, binascii.Error, pickle.UnpicklingError, EOFError) as exc:
+            # A missing class (AttributeError, ImportError) is not damage, so it propagates.
             raise ValueError(f"malformed pickled value: {exc}") from exc
-        return pickle.loads(blob)  # noqa: S301 - the user opted in; see the class warning

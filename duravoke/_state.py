@@ -88,20 +88,36 @@ def _checksum(text: str) -> str:
     return f"crc32:{zlib.crc32(text.encode('utf-8')):08x}"
 
 
-def _compact(data: object) -> str:
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Built once: json.dumps() with options builds a new encoder on every call.
+_compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 
 def dump_snapshot(workflows: dict[str, State]) -> bytes:
-    """Encode the state file: indented for people, with a checksum of its content.
+    """Encode the state file: one line per field and per step, with a content checksum.
 
     The checksum covers the compact JSON of ``workflows``; whitespace is free to change,
-    a changed value is not.
+    a changed value is not. (Indentation is done here rather than by ``json.dumps(indent=)``,
+    which falls back to the slow pure-Python encoder.)
     """
-    head = {"format": FORMAT, "version": VERSION, "checksum": _checksum(_compact(workflows))}
-    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
-    body = json.dumps(workflows, ensure_ascii=False, allow_nan=False, indent=1)
-    return ("{\n" + "\n".join(lines) + '\n "workflows": ' + body + "\n}\n").encode("utf-8")
+    out = [
+        "{",
+        f' "format": "{FORMAT}",',
+        f' "version": {VERSION},',
+        f' "checksum": "{_checksum(_compact(workflows))}",',
+        ' "workflows": {',
+    ]
+    for n, (workflow_id, state) in enumerate(workflows.items()):
+        out.append(f"  {_line(workflow_id)}: {{")
+        out.extend(f"   {_line(k)}: {_line(v)}," for k, v in state.items() if k != "steps")
+        out.append('   "steps": {')
+        steps = [f"    {_line(sid)}: {_line(step)}" for sid, step in state["steps"].items()]
+        out.append(",\n".join(steps))
+        out.append("   }")
+        out.append("  }," if n < len(workflows) - 1 else "  }")
+    out.append(" }")
+    out.append("}\n")
+    return "\n".join(line for line in out if line).encode("utf-8")
 
 
 def load_snapshot(data: bytes, path: str) -> dict[str, State]:
