@@ -85,7 +85,7 @@ class CallIdentity:
 
 
 def _hash(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def call_key(path_key: str, name: str, args_json: str) -> str:

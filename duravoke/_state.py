@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -85,12 +86,23 @@ def apply(state: State, record: Record) -> None:
 
 
 def _checksum(text: str) -> str:
-    return f"crc32:{zlib.crc32(text.encode('utf-8')):08x}"
+    # surrogatepass: a str may hold a lone surrogate, which JSON can carry as an escape.
+    return f"crc32:{zlib.crc32(text.encode('utf-8', 'surrogatepass')):08x}"
+
+
+def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> bytes:
+    """``text`` as UTF-8, or, if it holds a lone surrogate, ``value`` re-encoded as ASCII JSON."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii_encode(value).encode("ascii")
 
 
 # Built once: json.dumps() with options builds a new encoder on every call.
 _compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+_compact_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_line_ascii = json.JSONEncoder(allow_nan=False).encode
 
 
 def dump_snapshot(workflows: dict[str, State]) -> bytes:
@@ -117,7 +129,14 @@ def dump_snapshot(workflows: dict[str, State]) -> bytes:
         out.append("  }," if n < len(workflows) - 1 else "  }")
     out.append(" }")
     out.append("}\n")
-    return "\n".join(line for line in out if line).encode("utf-8")
+    text = "\n".join(line for line in out if line)
+    return _utf8(text, workflows, lambda _: dump_snapshot_ascii(workflows))
+
+
+def dump_snapshot_ascii(workflows: dict[str, State]) -> str:
+    """The state file as pure ASCII JSON, for the rare state that holds a lone surrogate."""
+    head = {"format": FORMAT, "version": VERSION, "checksum": _checksum(_compact(workflows))}
+    return _line_ascii({**head, "workflows": workflows}) + "\n"
 
 
 def load_snapshot(data: bytes, path: str) -> dict[str, State]:
@@ -149,7 +168,7 @@ def _valid_state(state: object) -> bool:
 
 def journal_line(record: Record) -> bytes:
     """One journal record: ``<crc32 hex> <compact JSON>\\n``."""
-    body = _compact(record).encode("utf-8")
+    body = _utf8(_compact(record), record, _compact_ascii)
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
