@@ -13,7 +13,7 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._identity import CallIdentity, implicit_workflow_id
-from ._workflow import Frame, Step, reset_current_step, set_current_step
+from ._workflow import Frame, Step, active_workflows, logger, reset_current_step, set_current_step
 
 if TYPE_CHECKING:
     from ._duravoke import Duravoke
@@ -36,6 +36,21 @@ def _leave(
     var.reset(tokens[0])
 
 
+def _implicit_id(identity: CallIdentity, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    workflow_id = implicit_workflow_id(identity.name, identity.encode(args, kwargs)[1])
+    outer = active_workflows()
+    if outer:
+        # Almost always a mistake: the call was meant to belong to the enclosing workflow.
+        logger.warning(
+            "%s() was called inside workflow %r of another Duravoke instance, so it forms"
+            " its own workflow %r; decorate it with that instance to make it part of it",
+            identity.name,
+            outer[-1][1],
+            workflow_id,
+        )
+    return workflow_id
+
+
 def make_durable(instance: Duravoke, fn: F, name: str | None, key: Callable[..., Any] | None) -> F:
     """Wrap ``fn`` so that its calls are recorded in ``instance``'s store."""
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -56,8 +71,7 @@ def make_durable(instance: Duravoke, fn: F, name: str | None, key: Callable[...,
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             frame = var.get()
             if frame is None:
-                workflow_id = implicit_workflow_id(identity.name, identity.encode(args, kwargs)[1])
-                async with instance.workflow(workflow_id):
+                async with instance.workflow(_implicit_id(identity, args, kwargs)):
                     return await async_wrapper(*args, **kwargs)
             step = frame.run.begin(frame, identity, args, kwargs)
             if step.replayed:
@@ -82,8 +96,7 @@ def make_durable(instance: Duravoke, fn: F, name: str | None, key: Callable[...,
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         frame = var.get()
         if frame is None:
-            workflow_id = implicit_workflow_id(identity.name, identity.encode(args, kwargs)[1])
-            with instance.workflow(workflow_id):
+            with instance.workflow(_implicit_id(identity, args, kwargs)):
                 return sync_wrapper(*args, **kwargs)
         step = frame.run.begin(frame, identity, args, kwargs)
         if step.replayed:

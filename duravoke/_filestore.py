@@ -35,7 +35,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 def default_folder() -> Path:
     """The default store folder: ``$DURAVOKE_HOME``, else the user state folder."""
     home = os.environ.get("DURAVOKE_HOME")
-    return Path(home) if home else platformdirs.user_state_path("duravoke")
+    return (Path(home) if home else platformdirs.user_state_path("duravoke")).absolute()
 
 
 def _file_stem(workflow_id: str) -> str:
@@ -194,7 +194,8 @@ class DirectoryStore(_FileStore):
         self, path: str | os.PathLike[str] | None = None, *, durability: Durability = "fsync"
     ) -> None:
         super().__init__(durability)
-        self._path = None if path is None else Path(path)
+        # Absolute at once: a later chdir must not move the state.
+        self._path = None if path is None else Path(path).absolute()
 
     @property
     def location(self) -> str:

@@ -344,6 +344,11 @@ class Workflow:
             await anyio.to_thread.run_sync(run.finish, exc)
 
 
+def active_workflows() -> tuple[tuple[str, str], ...]:
+    """(store location, workflow id) of the workflows entered in this context, outermost first."""
+    return _active.get()
+
+
 def current_step() -> Step | None:
     """The step whose body is running in this context, if any."""
     return _current_step.get()
