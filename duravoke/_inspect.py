@@ -1,0 +1,277 @@
+"""Looking at recorded workflows from Python: what ran, what is running, and forgetting.
+
+These functions read a store the way ``duravoke list``, ``show`` and ``forget`` do.
+They never change a workflow's state, except :func:`forget`, which deletes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
+from ._serializer import JSONSerializer
+from ._state import State
+from ._store import Store
+
+__all__ = [
+    "StepInfo",
+    "WorkflowInfo",
+    "forget",
+    "get_workflow",
+    "list_workflows",
+    "resolve_store",
+    "short_repr",
+]
+
+Status = Literal["running", "completed", "failed", "interrupted"]
+
+#: The longest result preview, in characters.
+PREVIEW_LIMIT = 60
+
+_DECODER = JSONSerializer()
+logger = logging.getLogger("duravoke")
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One recorded call of a decorated function.
+
+    Attributes:
+        sid: the step id, ``"<32 hex>:<occurrence>"``.
+        parent: the sid of the decorated call it was made in, or None at the top.
+        path: the names of the decorated functions it was called from.
+        function: the function's name (``module.qualname`` or ``name=``).
+        occurrence: 0 for the first identical call in a run, 1 for the next...
+        status: ``"completed"`` (its result is recorded) or ``"failed"`` (it raised
+            and runs again next time).
+        started: when the call started (UTC).
+        duration: how long it took, in seconds.
+        args: the call's arguments by parameter name (or what ``key=`` returned), when
+            they were short enough to be recorded; else None.
+        result_preview: a short ``repr`` of the recorded result ("" when failed).
+        error: the ``repr`` of the exception a failed call raised, else None.
+    """
+
+    sid: str
+    parent: str | None
+    path: tuple[str, ...]
+    function: str
+    occurrence: int
+    status: str
+    started: datetime
+    duration: float
+    args: Any
+    result_preview: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow as recorded in a store.
+
+    Attributes:
+        id: the workflow id.
+        status: ``"running"`` (a process or thread holds its lock right now),
+            ``"completed"``, ``"failed"`` (its last run raised; see ``error``) or
+            ``"interrupted"`` (its last run stopped without finishing: the process
+            died or was killed; run it again to resume).
+        steps_done: how many steps completed.
+        steps_failed: how many steps raised (they run again next time).
+        runs: how many times the workflow was entered.
+        started: when its first run started (UTC), if recorded.
+        updated: when anything was last recorded (UTC), if recorded.
+        error: the ``repr`` of the exception that failed the last run, else None.
+        steps: every recorded step, in the order they started.
+    """
+
+    id: str
+    status: Status
+    steps_done: int
+    steps_failed: int
+    runs: int
+    started: datetime | None
+    updated: datetime | None
+    error: str | None
+    steps: tuple[StepInfo, ...]
+
+
+def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store:
+    """``store`` itself, the default instance's store for None, or :func:`open_store` of it."""
+    if isinstance(store, Store):
+        return store
+    if store is None:
+        from . import default_instance
+
+        return default_instance().store
+    from ._stores import open_store
+
+    return open_store(store)
+
+
+def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[WorkflowInfo]:
+    """Every workflow recorded in ``store``, the most recently updated first.
+
+    Args:
+        store: a store, a string for :func:`duravoke.open_store`, or None for the store
+            of the default instance (``$DURAVOKE_HOME`` or the user state folder).
+
+    A workflow whose state is damaged is left out, with a warning logged on the
+    ``"duravoke"`` logger; :func:`get_workflow` on its id raises the error.
+    """
+    target = resolve_store(store)
+    found = []
+    for workflow_id in target.workflow_ids():
+        try:
+            found.append(get_workflow(workflow_id, target))
+        except CorruptStateError as exc:
+            logger.warning("skipping workflow %r: %s", workflow_id, exc)
+        except WorkflowNotFoundError:
+            pass  # forgotten since it was listed
+    found.sort(key=lambda w: w.updated or _EPOCH, reverse=True)
+    return found
+
+
+def get_workflow(
+    workflow_id: str, store: Store | str | os.PathLike[str] | None = None
+) -> WorkflowInfo:
+    """The recorded state of one workflow.
+
+    Args:
+        workflow_id: the workflow's id.
+        store: as for :func:`list_workflows`.
+
+    Raises:
+        WorkflowNotFoundError: nothing is recorded under that id.
+        CorruptStateError: its state is damaged (the error names the file).
+    """
+    target = resolve_store(store)
+    state = target.read(workflow_id)
+    if state is None:
+        raise _not_found(workflow_id, target)
+    running = True
+    try:
+        # The lock says whether someone runs it now; a free lock is released at once.
+        lease = target.try_lock(workflow_id)
+    except OSError:
+        lease = None  # a read-only store: trust what is recorded
+        running = state["status"] == "running"
+    if lease is not None:
+        running = False
+        try:
+            if state["status"] not in ("completed", "failed"):
+                # It may have finished since it was read: read it again, now that it
+                # cannot change, before calling it interrupted.
+                state = target.read(workflow_id)
+        finally:
+            lease.close(None)
+        if state is None:
+            raise _not_found(workflow_id, target)
+    return _info(workflow_id, state, running)
+
+
+def forget(workflow_id: str, store: Store | str | os.PathLike[str] | None = None) -> None:
+    """Delete everything recorded for a workflow; its next run starts afresh.
+
+    Args:
+        workflow_id: the workflow's id.
+        store: as for :func:`list_workflows`.
+
+    Raises:
+        WorkflowBusyError: the workflow is running right now.
+        WorkflowNotFoundError: nothing is recorded under that id.
+    """
+    target = resolve_store(store)
+    try:
+        target.forget(workflow_id)
+    except WorkflowBusyError:
+        raise WorkflowBusyError(
+            f"workflow {short_repr(workflow_id)} is running right now; forget it once it stops.",
+            workflow_id=workflow_id,
+        ) from None
+    except WorkflowNotFoundError:
+        raise _not_found(workflow_id, target) from None
+
+
+def _not_found(workflow_id: str, store: Store) -> WorkflowNotFoundError:
+    return WorkflowNotFoundError(
+        f"no workflow {short_repr(workflow_id)} is recorded in {store.location};"
+        " `duravoke list` shows the ones that are.",
+        workflow_id=workflow_id,
+    )
+
+
+def short_repr(text: str, limit: int = 80) -> str:
+    """``repr(text)``, shortened in the middle: ids can be 10 kB long."""
+    r = repr(text)
+    return r if len(r) <= limit else f"{r[: limit - 20]}...{r[-16:]}"
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _preview(value: object, limit: int = PREVIEW_LIMIT) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _step(record: dict[str, Any]) -> StepInfo:
+    completed = record.get("status") == "completed"
+    preview = ""
+    if completed and "result" in record:
+        try:
+            preview = _preview(_DECODER.decode(record["result"]))
+        except ValueError:  # recorded by another serializer (pickle): show the raw JSON
+            preview = _preview(record["result"])
+    args = record.get("args")
+    if args is not None:
+        with contextlib.suppress(ValueError):  # else keep the raw JSON
+            args = _DECODER.decode(args)
+    path = record.get("path")
+    return StepInfo(
+        sid=str(record.get("sid")),
+        parent=record.get("parent"),
+        path=tuple(path) if isinstance(path, list) else (),
+        function=str(record.get("fn", "?")),
+        occurrence=int(record.get("occ", 0)),
+        status=str(record.get("status")),
+        started=_time(record.get("started")) or _EPOCH,
+        duration=float(record.get("duration", 0.0)),
+        args=args,
+        result_preview=preview,
+        error=None if completed else record.get("error"),
+    )
+
+
+def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
+    steps = sorted((_step(r) for r in state["steps"].values()), key=lambda s: s.started)
+    recorded = state["status"]
+    status: Status
+    if running:
+        status = "running"
+    elif recorded in ("completed", "failed"):
+        status = recorded
+    else:  # recorded as running (or never finished starting), yet nobody holds the lock
+        status = "interrupted"
+    return WorkflowInfo(
+        id=workflow_id,
+        status=status,
+        steps_done=sum(s.status == "completed" for s in steps),
+        steps_failed=sum(s.status == "failed" for s in steps),
+        runs=int(state.get("runs") or 0),
+        started=_time(state.get("started")),
+        updated=_time(state.get("updated")),
+        error=state.get("error"),
+        steps=tuple(steps),
+    )
