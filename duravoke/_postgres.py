@@ -52,18 +52,20 @@ _CONNECT_DEFAULTS = {"connect_timeout": "10", "application_name": "duravoke"}
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+# json, not jsonb: jsonb reorders keys, rewrites numbers (1e16 comes back an int) and
+# refuses "\u0000", while a record must come back exactly as it was written.
 _CREATE = """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.meta (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS {s}.workflows (
     id text PRIMARY KEY,
-    state jsonb NOT NULL,
+    state json NOT NULL,
     updated timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS {s}.steps (
     workflow_id text NOT NULL,
     sid text NOT NULL,
-    record jsonb NOT NULL,
+    record json NOT NULL,
     seq bigserial NOT NULL,
     PRIMARY KEY (workflow_id, sid)
 );
@@ -82,12 +84,12 @@ ORDER BY 1, 2
 # A rewritten step keeps its seq, as a rewritten dict key keeps its place.
 _SAVE = """
 WITH workflow AS (
-    INSERT INTO {s}.workflows (id, state, updated) VALUES (%(id)s, %(state)s::jsonb, now())
+    INSERT INTO {s}.workflows (id, state, updated) VALUES (%(id)s, %(state)s::json, now())
     ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated
 )
 INSERT INTO {s}.steps (workflow_id, sid, record)
 SELECT %(id)s, sid, record
-FROM unnest(%(sids)s::text[], %(records)s::jsonb[]) WITH ORDINALITY AS r (sid, record, n)
+FROM unnest(%(sids)s::text[], %(records)s::json[]) WITH ORDINALITY AS r (sid, record, n)
 ORDER BY n
 ON CONFLICT (workflow_id, sid) DO UPDATE SET record = excluded.record
 """
@@ -104,24 +106,14 @@ _VERSION = "SELECT version FROM {s}.meta"
 
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _encode_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_JSONB_UNSAFE = re.compile(r"\\u0000|[\ud800-\udfff]")
-_WRAPPED = "duravoke-json"
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ESCAPED = re.compile("%(25|00)")
 
 
 def _dumps(doc: Record) -> str:
     text = _encode(doc)
-    if _JSONB_UNSAFE.search(text) is None:
-        return text
-    # jsonb refuses NUL characters and lone surrogates, which Python strings may hold:
-    # keep such a record as escaped JSON text inside a JSON string.
-    return _encode({_WRAPPED: _encode_ascii(doc)})
-
-
-def _loads(doc: Any) -> Any:
-    if isinstance(doc, dict) and _WRAPPED in doc:
-        return json.loads(doc[_WRAPPED])
-    return doc
+    # A lone surrogate cannot travel as UTF-8; escaped, json keeps it as written.
+    return text if _SURROGATE.search(text) is None else _encode_ascii(doc)
 
 
 def _db_id(workflow_id: str) -> str:
@@ -384,8 +376,7 @@ class PostgresStore(Store):
         if not rows:
             return None
         state = new_state()
-        for kind, _seq, stored in rows:
-            doc = _loads(stored)
+        for kind, _seq, doc in rows:
             if not isinstance(doc, dict) or (kind == 1 and not isinstance(doc.get("sid"), str)):
                 raise CorruptStateError(
                     f"a row of workflow {workflow_id!r} in {self._location} has an unexpected"

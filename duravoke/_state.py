@@ -47,6 +47,8 @@ Record = dict[str, Any]
 State = dict[str, Any]
 
 _STATUSES = frozenset({"running", "completed", "failed"})
+# Where each status stands within one run, to order events of the same run.
+_PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1}
 
 
 def now_iso() -> str:
@@ -74,10 +76,14 @@ def apply(state: State, record: Record) -> None:
         state["updated"] = record["started"]
         return
     event = record["event"]
+    run = record.get("run", state["runs"])
+    if (run, _PHASE[event]) < (state["runs"], _PHASE[state["status"]]):
+        # An older event: a journal replayed over a snapshot that already holds it.
+        return
     state["status"] = event
     state["updated"] = record["at"]
     if event == "running":
-        state["runs"] = record["run"]
+        state["runs"] = run
         state["error"] = None
         if state["started"] is None:
             state["started"] = record["at"]

@@ -154,6 +154,7 @@ class Run:
         self.lock = threading.Lock()
         self.replayed = 0
         self.executed = 0
+        self.failed = 0
         event = {"event": "running", "at": now_iso(), "run": state["runs"] + 1}
         apply(state, event)
         self.pending: list[Record] = [event]
@@ -225,6 +226,8 @@ class Run:
             batch, self.pending = [*self.pending, record], []
             if record["status"] == "completed":
                 self.executed += 1
+            else:
+                self.failed += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "executed %s (step %s, %s) in workflow %r",
@@ -249,18 +252,23 @@ class Run:
 
     def finish(self, exc: BaseException | None) -> None:
         """Record how the run ended, compact the state and release the lock."""
-        event: Record = {"event": "completed" if exc is None else "failed", "at": now_iso()}
+        event: Record = {
+            "event": "completed" if exc is None else "failed",
+            "at": now_iso(),
+            "run": self.state["runs"],
+        }
         if exc is not None:
             event["error"] = repr(exc)[:1000]
         apply(self.state, event)
         self.lease.close(self.state)
         log = logger.info if exc is None else logger.warning
         log(
-            "workflow %r %s: %d steps replayed, %d executed",
+            "workflow %r %s: %d steps replayed, %d executed, %d failed",
             self.workflow_id,
             event["event"],
             self.replayed,
             self.executed,
+            self.failed,
         )
 
 
