@@ -216,7 +216,8 @@ class DirectoryStore(_FileStore):
         workflows = load_snapshot(data, str(path))
         if list(workflows) != [workflow_id]:
             raise CorruptStateError(
-                f"{path} does not hold workflow {workflow_id!r}; it was left untouched.",
+                f"{path} does not hold workflow {workflow_id!r} (was it copied or renamed by"
+                " hand?). It was left untouched; move it aside to start that workflow afresh.",
                 path=path,
             )
         return workflows[workflow_id]

@@ -196,6 +196,9 @@ def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record
         if torn:
             raise _corrupt(path, "a record in the middle of it is damaged")
         records.append(record)
+    # A journal not ending in a newline (or empty) lost its end to a crash, even when its
+    # last line looks whole: nothing may be appended to it as it is.
+    torn = torn or not data.endswith(b"\n")
     if not records:
         return [], torn
     header = records.pop(0)

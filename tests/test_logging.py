@@ -131,6 +131,6 @@ def test_output_only_when_the_application_configures_logging(mode: str) -> None:
         "duravoke INFO workflow 'logged' completed: 0 steps replayed, 1 executed, 0 failed" in lines
     )
     assert (
-        "duravoke WARNING workflow 'failing' failed: 0 steps replayed, 0 executed, 0 failed"
+        "duravoke WARNING workflow 'failing' failed: 0 steps replayed, 0 executed, 1 failed"
         in lines
     )

@@ -1,0 +1,770 @@
+"""Store safety: where state lives, how it is written, who may read it, and damage.
+
+Writes are observed for real (strace on a subprocess, when strace is available), files
+are damaged for real, and every claim is checked on the bytes left on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pytest
+
+import duravoke
+
+STEP_NAME = "safety.step"
+
+# The same step as ``make_step`` below, for a separate process that may crash on purpose.
+WORKER = """
+import os, sys
+import duravoke
+
+kind, path, wid, n, mode = sys.argv[1:6]
+if kind == "directory":
+    store = duravoke.DirectoryStore(path)
+else:
+    store = duravoke.PersistedKKV(path)
+d = duravoke.Duravoke(store)
+
+@d.duravoke(name="safety.step")
+def step(i):
+    return {"i": i, "v": f"value-{i}"}
+
+with d.workflow(wid):
+    for i in range(int(n)):
+        step(i)
+    if mode == "crash":
+        # Die with the journal in place, as a killed process would.
+        os._exit(1)
+"""
+
+
+def expected(i: int) -> dict[str, Any]:
+    """What step ``i`` returns, in every process."""
+    return {"i": i, "v": f"value-{i}"}
+
+
+def make_step(d: duravoke.Duravoke, calls: list[int]) -> Callable[[int], Any]:
+    """The worker's step, in this process, counting the calls that execute."""
+
+    @d.duravoke(name=STEP_NAME)
+    def step(i: int) -> dict[str, Any]:
+        calls.append(i)
+        return expected(i)
+
+    return step
+
+
+def store_path(kind: str, base: Path) -> Path:
+    """Where a store of ``kind`` keeps its state under ``base``."""
+    return base / "store" if kind == "directory" else base / "kkv" / "state.json"
+
+
+def open_kind(kind: str, path: Path) -> duravoke.Store:
+    """A store of ``kind`` at ``path``."""
+    if kind == "directory":
+        return duravoke.DirectoryStore(path)
+    return duravoke.PersistedKKV(path)
+
+
+def run_worker(
+    tmp_path: Path,
+    kind: str,
+    path: Path,
+    wid: str,
+    n: int,
+    mode: str,
+    trace: Path | None = None,
+) -> None:
+    """Run ``WORKER`` in a fresh interpreter (under strace when ``trace`` is given)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [sys.executable, str(script), kind, str(path), wid, str(n), mode]
+    if trace is not None:
+        syscalls = "openat,open,creat,rename,renameat,renameat2,fsync,fdatasync,"
+        syscalls += "ftruncate,truncate,unlink,unlinkat,write,pwrite64"
+        cmd = ["strace", "-f", "-y", "-qq", "-e", f"trace={syscalls}", "-o", str(trace), *cmd]
+    proc = subprocess.run(
+        cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == (1 if mode == "crash" else 0), proc.stderr
+
+
+def id_hash(wid: str) -> str:
+    """The hash part of a workflow's file names (documented layout)."""
+    return hashlib.sha256(wid.encode("utf-8")).hexdigest()[:32]
+
+
+def files_of(folder: Path, wid: str, suffix: str) -> Path:
+    """The one file of workflow ``wid`` with ``suffix`` in ``folder``."""
+    (found,) = [p for p in folder.iterdir() if id_hash(wid) in p.name and p.suffix == suffix]
+    return found
+
+
+def fingerprint(path: Path) -> tuple[bytes, int]:
+    """Content and modification time: together they show a file was not rewritten."""
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def walk(root: Path) -> set[Path]:
+    """Every file and folder beneath ``root``."""
+    return {Path(dirpath) / name for dirpath, dirs, files in os.walk(root) for name in dirs + files}
+
+
+def crc_line_ok(line: bytes) -> bool:
+    """Whether a journal line is intact: ``<8 hex crc32> <compact JSON>`` (documented)."""
+    m = re.fullmatch(rb"([0-9a-f]{8}) (.*)", line, re.DOTALL)
+    if m is None or int(m.group(1), 16) != zlib.crc32(m.group(2)):
+        return False
+    json.loads(m.group(2))
+    return True
+
+
+def completed_results(state: dict[str, Any]) -> dict[int, Any]:
+    """{i: result} of the completed steps of a state (our steps take one argument)."""
+    serializer = duravoke.JSONSerializer()
+    out = {}
+    for step in state["steps"].values():
+        if step["status"] == "completed":
+            value = serializer.decode(step["result"])
+            out[value["i"]] = value
+    return out
+
+
+# --- where state lives ---------------------------------------------------------------
+
+
+def test_default_location_is_the_user_state_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DURAVOKE_HOME")
+    home = str(platformdirs.user_state_path("duravoke"))
+    # Only compare paths: nothing may be written to the real user folder.
+    assert duravoke.DirectoryStore().location == home
+    assert duravoke.open_store(None).location == home
+    assert duravoke.default_instance().store.location == home
+
+
+def test_duravoke_home_holds_the_module_level_state(
+    duravoke_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    @duravoke.duravoke(name="safety.greet")
+    def greet(who: str) -> str:
+        calls.append(who)
+        return f"hello {who}"
+
+    before = walk(tmp_path)
+    assert greet("ada") == "hello ada"
+    with duravoke.workflow("safety-home"):
+        assert greet("bob") == "hello bob"
+    created = walk(tmp_path) - before
+    assert created, "the module-level calls wrote nothing"
+    assert all(duravoke_home in p.parents or p == duravoke_home for p in created), created
+    states = [json.loads(p.read_text()) for p in duravoke_home.glob("*.json")]
+    ids = {wid for doc in states for wid in doc["workflows"]}
+    assert "safety-home" in ids
+    (implicit,) = ids - {"safety-home"}
+    assert implicit.startswith("safety.greet:")
+    assert "hello ada" in json.dumps(states)
+
+    assert greet("ada") == "hello ada"  # replayed from DURAVOKE_HOME
+    assert calls == ["ada", "bob"]
+
+    # The variable is read on each use: a new home is a new, empty store.
+    other = tmp_path / "other-home"
+    monkeypatch.setenv("DURAVOKE_HOME", str(other))
+    assert greet("ada") == "hello ada"
+    assert calls == ["ada", "bob", "ada"]
+    assert list(other.glob("*.json"))
+
+
+# --- how state is written: observed with strace --------------------------------------
+
+_SYSCALL = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+)(.*)$")
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_FD = re.compile(r"^(?:AT_FDCWD|\d+)<([^>]*)>")
+
+
+def parse_strace(trace: Path, cwd: Path) -> list[dict[str, Any]]:
+    """The successful calls of an ``strace -f -y`` log, with absolute paths."""
+    pending: dict[str, str] = {}
+    events = []
+    for logged in trace.read_text(errors="replace").splitlines():
+        pid = logged.split(None, 1)[0]
+        if logged.endswith("<unfinished ...>"):
+            pending[pid] = logged[: -len("<unfinished ...>")].rstrip()
+            continue
+        raw = logged
+        resumed = re.match(r"^(\d+)\s+<\.\.\. \w+ resumed>(.*)$", logged)
+        if resumed:
+            raw = pending.pop(pid, "") + resumed.group(2)
+        m = _SYSCALL.match(raw)
+        if m is None or int(m.group(4)) < 0:
+            continue
+        name, args, tail = m.group(2), m.group(3), m.group(5)
+        fd = _FD.match(args)
+        strings = [os.path.normpath(os.path.join(cwd, s)) for s in _STRING.findall(args)]
+        event: dict[str, Any] = {"call": name, "raw": raw}
+        if name in ("openat", "open", "creat"):
+            opened = re.match(r"<([^>]*)>", tail.strip())
+            event["path"] = opened.group(1) if opened else strings[0]
+            flags = re.search(r"\bO_[A-Z_|]+", args.rpartition('"')[2])
+            event["flags"] = set(flags.group(0).split("|")) if flags else set()
+            if name == "creat":
+                event["flags"] |= {"O_CREAT", "O_WRONLY", "O_TRUNC"}
+        elif name.startswith("rename"):
+            event["src"], event["dst"] = strings[0], strings[1]
+        elif name in ("unlink", "unlinkat", "truncate"):
+            event["path"] = strings[0]
+        elif fd is not None:  # fsync, fdatasync, ftruncate, write, pwrite64
+            event["path"] = fd.group(1)
+        else:
+            continue
+        events.append(event)
+    return events
+
+
+def check_atomic_writes(events: list[dict[str, Any]], root: Path) -> dict[str, int]:
+    """Assert the write discipline of section 7 on one traced run; count what was seen."""
+    inside = str(root) + os.sep
+    seen = {"replaces": 0, "journal_opens": 0, "journal_writes": 0}
+    writing = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"}
+    for i, ev in enumerate(events):
+        paths = [ev.get("path"), ev.get("src"), ev.get("dst")]
+        if not any(p and p.startswith(inside) for p in paths):
+            continue
+        call, path = ev["call"], ev.get("path") or ""
+        assert call not in ("truncate", "ftruncate"), f"truncated in place: {ev['raw']}"
+        if call in ("openat", "open", "creat") and ev["flags"] & writing:
+            if path.endswith(".lock"):
+                continue
+            assert "O_TRUNC" not in ev["flags"], f"opened with O_TRUNC: {ev['raw']}"
+            if path.endswith(".journal"):
+                assert "O_APPEND" in ev["flags"], f"journal not opened O_APPEND: {ev['raw']}"
+                seen["journal_opens"] += 1
+            else:
+                assert path.endswith(".tmp"), f"opened for writing in place: {ev['raw']}"
+                assert {"O_CREAT", "O_EXCL"} <= ev["flags"], ev["raw"]
+        if call in ("unlink", "unlinkat"):
+            assert not path.endswith(".json"), f"state file deleted: {ev['raw']}"
+        if call in ("write", "pwrite64") and path.endswith(".journal"):
+            seen["journal_writes"] += 1
+            # Durable when the call returns: fsync before the next write or exit.
+            nxt = next(
+                (e for e in events[i + 1 :] if e.get("path") == path and e["call"] != "openat"),
+                None,
+            )
+            assert nxt is not None, f"journal write never fsynced: {ev['raw']}"
+            assert nxt["call"] in ("fsync", "fdatasync"), f"write not fsynced: {ev['raw']}"
+        if call.startswith("rename"):
+            src, dst = ev["src"], ev["dst"]
+            assert dst.endswith(".json"), ev["raw"]
+            assert src.endswith(".tmp"), ev["raw"]
+            assert os.path.dirname(src) == os.path.dirname(dst), "temp file in another folder"
+            on_src = [e for e in events[:i] if e.get("path") == src]
+            writes = [k for k, e in enumerate(on_src) if e["call"] in ("write", "pwrite64")]
+            syncs = [k for k, e in enumerate(on_src) if e["call"] in ("fsync", "fdatasync")]
+            assert writes, f"nothing written to {src} before the rename"
+            assert syncs, f"{src} never fsynced"
+            assert syncs[-1] > writes[-1], f"{src} not fsynced after its last write"
+            folder = os.path.dirname(dst)
+            later = events[i + 1 :]
+            dir_sync = next(
+                (k for k, e in enumerate(later) if e["call"] == "fsync" and e["path"] == folder),
+                None,
+            )
+            assert dir_sync is not None, f"folder not fsynced after {ev['raw']}"
+            # Nothing else changes in the store (the journal's removal above all)
+            # before the rename is durable.
+            for e in later[:dir_sync]:
+                touched = [e.get("path"), e.get("src")]
+                if any(p and p.startswith(inside) for p in touched):
+                    assert not e["call"].startswith(("rename", "unlink", "write")), (
+                        f"{e['raw']} before the folder fsync"
+                    )
+            seen["replaces"] += 1
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["directory", "kkv"])
+def test_writes_are_atomic_and_journal_append_only_under_strace(tmp_path: Path, kind: str) -> None:
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (apt-get install -y strace)")
+    path = store_path(kind, tmp_path)
+    root = path if kind == "directory" else path.parent
+    runs = [("w", 3, "ok"), ("w", 5, "crash"), ("w", 6, "ok"), ("w2", 2, "ok")]
+    seen = []
+    for n, (wid, steps, mode) in enumerate(runs):
+        trace = tmp_path / f"trace{n}.txt"
+        run_worker(tmp_path, kind, path, wid, steps, mode, trace=trace)
+        seen.append(check_atomic_writes(parse_strace(trace, tmp_path), root))
+    # Non-vacuous: each finished run replaced its state file once, atomically; the
+    # crashed one replaced nothing; every run appended to a journal (a new one has a
+    # header line; steps recorded together may share one write).
+    assert [s["replaces"] for s in seen] == [1, 0, 1, 1], seen
+    assert [s["journal_opens"] for s in seen] == [1, 1, 1, 1], seen
+    assert all(s["journal_writes"] >= 1 for s in seen), seen
+    assert completed_results(open_kind(kind, path).read("w") or {}) == {
+        i: expected(i) for i in range(6)
+    }
+
+
+# --- who may read it --------------------------------------------------------------
+
+
+def modes(root: Path) -> dict[Path, int]:
+    """Permission bits of everything beneath ``root``."""
+    return {p: stat.S_IMODE(p.stat().st_mode) for p in walk(root)}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+@pytest.mark.parametrize("kind", ["directory", "kkv"])
+def test_created_folders_are_0700_and_files_0600(tmp_path: Path, kind: str, umask: int) -> None:
+    top = tmp_path / "new"
+    path = store_path(kind, top / "deeper")
+    calls: list[int] = []
+    during: dict[Path, int] = {}
+    old = os.umask(umask)
+    try:
+        d = duravoke.Duravoke(open_kind(kind, path))
+        step = make_step(d, calls)
+        with d.workflow("perm"):
+            step(0)
+            during = modes(top)  # the journal exists while the run goes on
+        with d.workflow("perm2"):
+            step(1)
+    finally:
+        os.umask(old)
+    after = modes(top)
+    journals = [p for p in during if p.suffix == ".journal"]
+    assert journals, during
+    names = {p.name for p in after}
+    assert sum(n.endswith(".lock") for n in names) >= 2, names
+    assert any(n.endswith(".json") for n in names), names
+    for p, mode in {**during, **after}.items():
+        want = 0o700 if p.is_dir() else 0o600
+        assert mode == want, f"{p} is {oct(mode)}, want {oct(want)} (umask {oct(umask)})"
+    assert stat.S_IMODE(top.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+@pytest.mark.parametrize("kind", ["directory", "kkv"])
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path, kind: str, umask: int) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.chmod(mine, 0o755)
+    path = mine if kind == "directory" else mine / "state.json"
+    old = os.umask(umask)
+    try:
+        d = duravoke.Duravoke(open_kind(kind, path))
+        with d.workflow("keep"):
+            make_step(d, [])(0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o755
+    inner = modes(mine)
+    assert inner
+    for p, mode in inner.items():
+        assert mode == (0o700 if p.is_dir() else 0o600), f"{p} is {oct(mode)}"
+
+
+# --- hostile workflow ids ------------------------------------------------------------
+
+
+def hostile_ids(tmp_path: Path) -> list[str]:
+    """Ids that would escape, collide or fail if used as file names."""
+    return [
+        "../../x",
+        "../store",
+        "/etc/passwd",
+        str(tmp_path / "escape" / "x.json"),
+        "x" * 10_240,
+        "a\x00b",
+        "😀🔥",
+        "",
+        ".",
+        "..",
+        "CON",
+        "Abc",
+        "abc",
+        "a/b",
+        "a_b",
+        "a\\b",
+        " ",
+        "\n",
+        "state.json.d",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["directory", "kkv"])
+def test_hostile_workflow_ids_stay_inside_and_apart(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deep enough that "../.." from the store or the cwd still lands inside tmp_path,
+    # where the walk below would see it.
+    base = tmp_path / "a" / "b" / "c"
+    base.mkdir(parents=True)
+    monkeypatch.chdir(base)
+    path = store_path(kind, base)
+    root = path if kind == "directory" else path.parent
+    ids = hostile_ids(tmp_path)
+    assert len(set(ids)) == len(ids)
+    passwd = os.stat("/etc/passwd").st_mtime_ns
+
+    current = [""]
+    calls: list[tuple[str, int]] = []
+    d = duravoke.Duravoke(open_kind(kind, path))
+
+    @d.duravoke(name="safety.hostile")
+    def step(i: int) -> dict[str, Any]:
+        calls.append((current[0], i))
+        return {"wid": current[0], "i": i}
+
+    before_all = walk(tmp_path)
+    for wid in ids:
+        before = walk(tmp_path)
+        current[0] = wid
+        with d.workflow(wid):
+            assert step(0) == {"wid": wid, "i": 0}
+            assert step(1) == {"wid": wid, "i": 1}
+        new = walk(tmp_path) - before - {root}
+        # Only new files of its own: none shared with an earlier id.
+        own = {p for p in new if p.name not in ("state.json", "state.json.d", "store.lock")}
+        assert len(own) == (2 if kind == "directory" else 1), (wid[:50], own)
+        assert all(root in p.parents for p in new), (wid[:50], new)
+    created = walk(tmp_path) - before_all
+    assert all(root in p.parents or p == root for p in created), created
+    assert not [p for p in created if p.suffix in (".tmp", ".journal")]
+    assert os.stat("/etc/passwd").st_mtime_ns == passwd
+    assert len(calls) == 2 * len(ids)
+
+    # A new process's view: every id replays its own results and only those.
+    calls.clear()
+    store = open_kind(kind, path)
+    d2 = duravoke.Duravoke(store)
+    step2 = d2.duravoke(name="safety.hostile")(step.__wrapped__)  # type: ignore[attr-defined]
+    for wid in ids:
+        current[0] = "wrong"
+        with d2.workflow(wid):
+            assert step2(0) == {"wid": wid, "i": 0}
+            assert step2(1) == {"wid": wid, "i": 1}
+        state = store.read(wid)
+        assert state is not None
+        assert state["status"] == "completed"
+        assert len(state["steps"]) == 2
+    assert calls == []
+    assert sorted(store.workflow_ids()) == sorted(ids)
+
+
+# --- damaged state files -------------------------------------------------------------
+
+
+def _checksum(workflows: object) -> str:
+    compact = json.dumps(workflows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return f"crc32:{zlib.crc32(compact.encode('utf-8')):08x}"
+
+
+def _with(data: bytes, **changes: object) -> bytes:
+    doc = json.loads(data)
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+def _middle_byte(data: bytes) -> bytes:
+    mid = len(data) // 2
+    return data[:mid] + (b"#" if data[mid : mid + 1] != b"#" else b"!") + data[mid + 1 :]
+
+
+def _edited_value(data: bytes) -> bytes:
+    assert b'"value-1"' in data
+    return data.replace(b'"value-1"', b'"value-7"')
+
+
+def _bad_shape(data: bytes) -> bytes:
+    workflows = {"victim": {"status": "completed", "steps": "not a dict"}}
+    return _with(data, workflows=workflows, checksum=_checksum(workflows))
+
+
+DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "empty": lambda b: b"",
+    "truncated-1": lambda b: b[:1],
+    "truncated-third": lambda b: b[: len(b) // 3],
+    "truncated-half": lambda b: b[: len(b) // 2],
+    "truncated-end": lambda b: b[:-2],
+    "middle-byte": _middle_byte,
+    "edited-value": _edited_value,
+    "garbage": lambda b: b"\x00\xff\xfe garbage \x89PNG\r\n\x1a\n" * 20,
+    "json-list": lambda b: b"[1, 2, 3]\n",
+    "json-other-object": lambda b: b'{"hello": "world"}\n',
+    "no-checksum": lambda b: json.dumps(
+        {k: v for k, v in json.loads(b).items() if k != "checksum"}
+    ).encode(),
+    "bad-shape-good-checksum": _bad_shape,
+    "other-format": lambda b: _with(b, format="not-duravoke"),
+    "version-2": lambda b: _with(b, version=2),
+}
+
+ACTIONS = ("move it aside", "restore", "forget", "upgrade", "delete", "remove")
+
+
+def assert_corrupt_error(exc: duravoke.CorruptStateError, path: Path) -> None:
+    """The error names the file and says what to do."""
+    message = str(exc)
+    assert exc.path == str(path)
+    assert str(path) in message
+    assert any(word in message.lower() for word in ACTIONS), message
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_state_file_is_reported_and_left_untouched(tmp_path: Path, damage: str) -> None:
+    folder = tmp_path / "store"
+    calls: list[int] = []
+    d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
+    step = make_step(d, calls)
+    with d.workflow("victim"):
+        [step(i) for i in range(3)]
+    with d.workflow("other"):
+        [step(i) for i in range(2)]
+    victim = files_of(folder, "victim", ".json")
+    victim.write_bytes(DAMAGE[damage](victim.read_bytes()))
+    print_ = fingerprint(victim)
+    listing = sorted(folder.iterdir())
+
+    calls.clear()
+    store = duravoke.DirectoryStore(folder)
+    d2 = duravoke.Duravoke(store)
+    step2 = make_step(d2, calls)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        with d2.workflow("victim"):
+            step2(0)
+    assert_corrupt_error(info.value, victim)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        store.read("victim")
+    assert_corrupt_error(info.value, victim)
+    assert fingerprint(victim) == print_
+    assert sorted(folder.iterdir()) == listing
+    assert calls == []
+
+    # The other workflows of the folder do not care.
+    with d2.workflow("other"):
+        assert [step2(i) for i in range(2)] == [expected(0), expected(1)]
+    assert calls == []
+    with d2.workflow("fresh"):
+        assert step2(5) == expected(5)
+    with d2.workflow("fresh"):
+        assert step2(5) == expected(5)
+    assert calls == [5]
+    assert set(store.workflow_ids()) >= {"other", "fresh"}
+    assert fingerprint(victim) == print_
+
+
+def test_a_state_file_of_another_workflow_is_reported_and_left_untouched(
+    tmp_path: Path,
+) -> None:
+    # A whole, valid file in the wrong place (copied or renamed by hand).
+    folder = tmp_path / "store"
+    d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
+    step = make_step(d, [])
+    for wid in ("victim", "other"):
+        with d.workflow(wid):
+            step(0)
+    victim = files_of(folder, "victim", ".json")
+    shutil.copyfile(files_of(folder, "other", ".json"), victim)
+    print_ = fingerprint(victim)
+    store = duravoke.DirectoryStore(folder)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        with duravoke.Duravoke(store).workflow("victim"):
+            pass
+    assert_corrupt_error(info.value, victim)
+    assert fingerprint(victim) == print_
+    other = store.read("other")
+    assert other is not None
+    assert completed_results(other) == {0: expected(0)}
+
+
+@pytest.mark.parametrize("damage", ["truncated-half", "middle-byte", "garbage", "version-2"])
+def test_a_damaged_shared_file_is_never_overwritten(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "state.json"
+    d = duravoke.Duravoke(duravoke.PersistedKKV(path))
+    step = make_step(d, [])
+    for wid in ("victim", "other"):
+        with d.workflow(wid):
+            step(0)
+    path.write_bytes(DAMAGE[damage](path.read_bytes()))
+    print_ = fingerprint(path)
+
+    store = duravoke.PersistedKKV(path)
+    d2 = duravoke.Duravoke(store)
+    step2 = make_step(d2, [])
+    # Every workflow shares the file, so each refuses; none may write over it.
+    for wid in ("victim", "other", "fresh"):
+        with pytest.raises(duravoke.CorruptStateError) as info:
+            with d2.workflow(wid):
+                step2(1)
+        assert_corrupt_error(info.value, path)
+    assert fingerprint(path) == print_
+
+
+# --- damaged journals ------------------------------------------------------------------
+
+
+@pytest.fixture
+def crashed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A store whose workflow "w" has steps 0-1 in its state file and 2-4 in a journal.
+
+    Returns (folder, state file, journal).
+    """
+    folder = tmp_path / "store"
+    run_worker(tmp_path, "directory", folder, "w", 2, "ok")
+    run_worker(tmp_path, "directory", folder, "w", 5, "crash")
+    journal = files_of(folder, "w", ".journal")
+    lines = journal.read_bytes().split(b"\n")
+    # header, running event, steps 2, 3, 4, and the empty string after the last "\n"
+    assert len(lines) == 6, lines
+    assert lines[-1] == b""
+    assert all(crc_line_ok(line) for line in lines[:-1])
+    return folder, files_of(folder, "w", ".json"), journal
+
+
+def _flip_in_line(data: bytes, index: int) -> bytes:
+    lines = data.split(b"\n")
+    line = bytearray(lines[index])
+    line[len(line) // 2] ^= 0x01
+    lines[index] = bytes(line)
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("line", [0, 1, 2, 3], ids=["header", "event", "first-step", "4th"])
+def test_journal_damage_before_an_intact_record_is_corruption(
+    crashed: tuple[Path, Path, Path], line: int
+) -> None:
+    folder, state_file, journal = crashed
+    journal.write_bytes(_flip_in_line(journal.read_bytes(), line))
+    prints = fingerprint(journal), fingerprint(state_file)
+    store = duravoke.DirectoryStore(folder)
+    calls: list[int] = []
+    step = make_step(duravoke.Duravoke(store), calls)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        with duravoke.Duravoke(store).workflow("w"):
+            step(0)
+    assert_corrupt_error(info.value, journal)
+    with pytest.raises(duravoke.CorruptStateError):
+        store.read("w")
+    assert (fingerprint(journal), fingerprint(state_file)) == prints
+    assert calls == []
+
+
+def _half_record_appended(data: bytes) -> bytes:
+    last = data.split(b"\n")[-2]
+    return data + last[: len(last) // 2]
+
+
+def _last_line_cut(data: bytes) -> bytes:
+    last = data.split(b"\n")[-2]
+    return data[: len(data) - len(last) // 2 - 1]
+
+
+@pytest.mark.parametrize(
+    ("cut", "first_executed"),
+    [(_half_record_appended, 5), (_last_line_cut, 4)],
+    ids=["half-record-appended", "last-line-cut"],
+)
+def test_a_torn_last_record_is_dropped_and_its_step_runs_again(
+    crashed: tuple[Path, Path, Path], cut: Callable[[bytes], bytes], first_executed: int
+) -> None:
+    folder, _, journal = crashed
+    journal.write_bytes(cut(journal.read_bytes()))
+    store = duravoke.DirectoryStore(folder)
+    state = store.read("w")
+    assert state is not None
+    assert completed_results(state) == {i: expected(i) for i in range(first_executed)}
+
+    calls: list[int] = []
+    d = duravoke.Duravoke(store)
+    step = make_step(d, calls)
+    with d.workflow("w"):
+        assert [step(i) for i in range(7)] == [expected(i) for i in range(7)]
+    assert calls == list(range(first_executed, 7))
+    # The following run loads cleanly and replays everything.
+    calls.clear()
+    with d.workflow("w"):
+        assert [step(i) for i in range(7)] == [expected(i) for i in range(7)]
+    assert calls == []
+    assert not list(folder.glob("*.journal"))
+
+
+TORN_TAILS: dict[str, Callable[[bytes], bytes]] = {
+    "half-record-appended": _half_record_appended,
+    "last-line-cut": _last_line_cut,
+    "final-newline-lost": lambda b: b[:-1],
+    "empty": lambda b: b"",
+    "header-cut": lambda b: b[:20],
+    "header-only": lambda b: b[: b.index(b"\n") + 1],
+    "header-newline-lost": lambda b: b[: b.index(b"\n")],
+}
+
+
+@pytest.mark.parametrize("tail", sorted(TORN_TAILS))
+def test_no_record_is_ever_written_after_a_torn_tail(
+    tmp_path: Path, crashed: tuple[Path, Path, Path], tail: str
+) -> None:
+    folder, _, journal = crashed
+    journal.write_bytes(TORN_TAILS[tail](journal.read_bytes()))
+    # A second crash, after new records, must leave a journal of intact lines only.
+    run_worker(tmp_path, "directory", folder, "w", 7, "crash")
+    lines = files_of(folder, "w", ".journal").read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    damaged = [line for line in lines[:-1] if not crc_line_ok(line)]
+    assert damaged == [], f"new records were appended after a torn tail ({tail})"
+
+    store = duravoke.DirectoryStore(folder)
+    state = store.read("w")
+    assert state is not None
+    assert completed_results(state) == {i: expected(i) for i in range(7)}
+    calls: list[int] = []
+    d = duravoke.Duravoke(store)
+    step = make_step(d, calls)
+    with d.workflow("w"):
+        assert [step(i) for i in range(8)] == [expected(i) for i in range(8)]
+    assert calls == [7]
+    state = store.read("w")
+    assert state is not None
+    assert state["status"] == "completed"
+
+
+# --- the format carries a version -----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["directory", "kkv"])
+def test_the_on_disk_format_carries_a_version(tmp_path: Path, kind: str) -> None:
+    path = store_path(kind, tmp_path)
+    d = duravoke.Duravoke(open_kind(kind, path))
+    step = make_step(d, [])
+    journal_folder = path if kind == "directory" else path.with_name(path.name + ".d")
+    headers = []
+    with d.workflow("versioned"):
+        step(0)
+        (journal,) = journal_folder.glob("*.journal")
+        first = journal.read_bytes().split(b"\n")[0]
+        assert crc_line_ok(first)
+        headers.append(json.loads(first[9:]))
+    assert headers == [{"format": "duravoke-journal", "version": 1, "workflow": "versioned"}]
+    state_file = files_of(path, "versioned", ".json") if kind == "directory" else path
+    doc = json.loads(state_file.read_bytes())
+    assert doc["format"] == "duravoke"
+    assert doc["version"] == 1
+    assert doc["checksum"] == _checksum(doc["workflows"])
+    assert list(doc["workflows"]) == ["versioned"]
