@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import filelock
@@ -148,6 +148,10 @@ class _FileLease(Lease):
     def append(self, records: Sequence[Record]) -> None:
         assert self._journal is not None, "load() first"
         self._journal.append(records)
+
+    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
+        assert self._journal is not None, "load() first"
+        return self._journal.enqueue(records)
 
     @property
     def fsyncs(self) -> int:

@@ -37,10 +37,23 @@ class GroupCommit(Generic[T]):
 
     def submit(self, item: T) -> None:
         """Queue ``item`` and return once it has been written."""
+        self.wait(self.enqueue(item))
+
+    def enqueue(self, item: T) -> int:
+        """Queue ``item`` without waiting; pass the returned ticket to :meth:`wait`.
+
+        Async callers enqueue on the event loop and wait in a worker thread: every task
+        of a task group gets its item queued before the first worker thread even starts,
+        so one write serves them all.
+        """
         with self._cond:
             self._queue.append(item)
             self._queued += 1
-            ticket = self._queued
+            return self._queued
+
+    def wait(self, ticket: int) -> None:
+        """Return once the item of ``ticket`` is written, writing it if nobody else is."""
+        with self._cond:
             while self._done < ticket:
                 if self._failure is not None:
                     raise self._on_error(self._failure) from self._failure

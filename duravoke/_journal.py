@@ -10,8 +10,9 @@ Threads that append at the same time share a single write and fsync (group commi
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._errors import StoreError
@@ -37,6 +38,11 @@ class Journal:
     def append(self, records: Sequence[Record]) -> None:
         """Write ``records`` and (in fsync mode) fsync them before returning."""
         self._commit.submit(b"".join(map(journal_line, records)))
+
+    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
+        """Queue ``records``; the returned function writes (or waits for) them."""
+        ticket = self._commit.enqueue(b"".join(map(journal_line, records)))
+        return functools.partial(self._commit.wait, ticket)
 
     def close(self) -> None:
         """Close the file (pending appends must have returned)."""

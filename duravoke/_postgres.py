@@ -15,13 +15,14 @@ transaction (group commit).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -103,6 +104,8 @@ SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM w)
 _IDS = "SELECT id FROM {s}.workflows"
 
 _VERSION = "SELECT version FROM {s}.meta"
+
+_TRY_LOCK = b"SELECT pg_try_advisory_lock(%s)"
 
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _encode_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
@@ -214,13 +217,14 @@ _INHERITED: list[Connection] = []
 
 
 @contextmanager
-def _guarded(conn: Connection, error: StoreError) -> Iterator[Connection]:
-    """On failure, drop the connection (its state is unknown) and raise ``error`` for it."""
+def _guarded(conn: Connection, store: PostgresStore, what: str) -> Iterator[Connection]:
+    """On failure, drop the connection (its state is unknown); a database error becomes
+    a :class:`StoreError` saying that ``what`` failed."""
     try:
         yield conn
     except psycopg.Error as exc:
         conn.close()
-        raise error from exc
+        raise store._error(what, exc) from exc
     except BaseException:
         conn.close()
         raise
@@ -295,32 +299,49 @@ class PostgresStore(Store):
     def try_lock(self, workflow_id: str) -> Lease | None:
         """Take the workflow's advisory lock without waiting."""
         key = _lock_key("workflow", self.schema, _check_id(workflow_id))
-        conn = self._take()
-        with _guarded(conn, self._error(f"lock workflow {workflow_id!r}")):
-            row = conn.execute(b"SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
-        if row is None or not row[0]:
+        conn, rows = self._query(f"lock workflow {workflow_id!r}", _TRY_LOCK, [key])
+        if not rows[0][0]:
             self._pool.give(conn)
             return None
         return _PostgresLease(self, workflow_id, conn, key)
 
     def read(self, workflow_id: str) -> State | None:
         """The workflow's recorded state, read in one snapshot without its lock."""
-        with self._session(f"read workflow {_check_id(workflow_id)!r}") as conn:
-            rows = conn.execute(self._load_sql, {"id": _db_id(workflow_id)}).fetchall()
+        what = f"read workflow {_check_id(workflow_id)!r}"
+        conn, rows = self._query(what, self._load_sql, {"id": _db_id(workflow_id)})
+        self._pool.give(conn)
         return self._rebuild(workflow_id, rows)
 
     def workflow_ids(self) -> list[str]:
         """Every workflow with recorded state."""
-        with self._session("list workflows") as conn:
-            rows = conn.execute(self._ids_sql).fetchall()
+        conn, rows = self._query("list workflows", self._ids_sql)
+        self._pool.give(conn)
         return sorted(_py_id(row[0]) for row in rows)
 
     def close(self) -> None:
         """Close the idle connections kept for reuse (running workflows keep theirs)."""
         self._pool.close()
 
-    def _take(self) -> Connection:
-        return self._pool.take() or self._connect()
+    def _query(
+        self, what: str, query: bytes, params: Sequence[Any] | dict[str, Any] | None = None
+    ) -> tuple[Connection, list[tuple[Any, ...]]]:
+        """Run one statement; the caller hands the connection back (or keeps it)."""
+        conn = self._pool.take()
+        if conn is not None:
+            try:
+                return conn, conn.execute(query, params).fetchall()
+            except psycopg.OperationalError:
+                # It died while idle (a server restart, an idle timeout): once more on
+                # a new connection; these statements are all safe to repeat.
+                conn.close()
+            except BaseException as exc:
+                conn.close()
+                if isinstance(exc, psycopg.Error):
+                    raise self._error(what, exc) from exc
+                raise
+        conn = self._connect()
+        with _guarded(conn, self, what):
+            return conn, conn.execute(query, params).fetchall()
 
     def _connect(self) -> Connection:
         try:
@@ -330,7 +351,7 @@ class PostgresStore(Store):
                 f"could not connect to the Postgres server at {self._location}: {_reason(exc)}",
                 path=self._location,
             ) from exc
-        with _guarded(conn, self._error("set up the duravoke tables")):
+        with _guarded(conn, self, "set up the duravoke tables"):
             if self.durability == "flush":
                 conn.execute(b"SET synchronous_commit = off")
             if not self._ready:
@@ -356,17 +377,10 @@ class PostgresStore(Store):
                 path=self._location,
             )
 
-    @contextmanager
-    def _session(self, what: str) -> Iterator[Connection]:
-        conn = self._take()
-        with _guarded(conn, self._error(what)):
-            yield conn
-        self._pool.give(conn)
-
-    def _error(self, what: str) -> StoreError:
+    def _error(self, what: str, exc: BaseException) -> StoreError:
         return StoreError(
-            f"could not {what} in the Postgres store {self._location}; what was recorded"
-            " before is kept. Check that the server is up and the tables are intact.",
+            f"could not {what} in the Postgres store at {self._location}: {_reason(exc)}."
+            " What was recorded before is kept.",
             path=self._location,
         )
 
@@ -406,8 +420,7 @@ class _PostgresLease(Lease):
         self.commits = 0
 
     def load(self) -> State:
-        error = self._store._error(f"load workflow {self.workflow_id!r}")
-        with _guarded(self._conn, error):
+        with _guarded(self._conn, self._store, f"load workflow {self.workflow_id!r}"):
             rows = self._conn.execute(self._store._load_sql, {"id": self._id}).fetchall()
         state = self._store._rebuild(self.workflow_id, rows) or new_state()
         self._header = {**state, "steps": {}}
@@ -416,6 +429,9 @@ class _PostgresLease(Lease):
 
     def append(self, records: Sequence[Record]) -> None:
         self._commit.submit(records)
+
+    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
+        return functools.partial(self._commit.wait, self._commit.enqueue(records))
 
     def _write(self, batch: list[Sequence[Record]]) -> None:
         steps: dict[str, Record] = {}
@@ -451,8 +467,8 @@ class _PostgresLease(Lease):
         conn = self._conn
         if conn.closed:  # dropped after a failure, which also ended the lock
             return
-        error = self._store._error(f"store the final state of workflow {self.workflow_id!r}")
-        with _guarded(conn, error):
+        what = f"store the final state of workflow {self.workflow_id!r}"
+        with _guarded(conn, self._store, what):
             if state is not None:
                 # Steps whose append failed are written now, as a file store's snapshot would.
                 steps = state["steps"]
@@ -464,7 +480,6 @@ class _PostgresLease(Lease):
             conn.close()
 
     def forget(self) -> bool:
-        error = self._store._error(f"forget workflow {self.workflow_id!r}")
-        with _guarded(self._conn, error):
+        with _guarded(self._conn, self._store, f"forget workflow {self.workflow_id!r}"):
             row = self._conn.execute(self._store._forget_sql, {"id": self._id}).fetchone()
         return row is not None and row[0] > 0

@@ -91,11 +91,6 @@ def apply(state: State, record: Record) -> None:
         state["error"] = record.get("error")
 
 
-def _checksum(text: str) -> str:
-    # surrogatepass: a str may hold a lone surrogate, which JSON can carry as an escape.
-    return f"crc32:{zlib.crc32(text.encode('utf-8', 'surrogatepass')):08x}"
-
-
 def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> bytes:
     """``text`` as UTF-8, or, if it holds a lone surrogate, ``value`` re-encoded as ASCII JSON."""
     try:
@@ -106,43 +101,36 @@ def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> by
 
 # Built once: json.dumps() with options builds a new encoder on every call.
 _compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 _compact_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 _line_ascii = json.JSONEncoder(allow_nan=False).encode
+
+_BODY_MARK = b'\n "workflows": '
+
+
+def _render(workflows: dict[str, State], line: Callable[[object], str]) -> str:
+    # One line per workflow field and per step: readable, and each line is encoded by the
+    # C encoder (json.dumps(indent=...) falls back to the slow pure-Python one).
+    out = ["{"]
+    for n, (workflow_id, state) in enumerate(workflows.items()):
+        out.append(f"  {line(workflow_id)}: {{")
+        out.extend(f"   {line(k)}: {line(v)}," for k, v in state.items() if k != "steps")
+        out.append('   "steps": {')
+        steps = [f"    {line(sid)}: {line(step)}" for sid, step in state["steps"].items()]
+        if steps:
+            out.append(",\n".join(steps))
+        out.append("   }")
+        out.append("  }," if n < len(workflows) - 1 else "  }")
+    out.append(" }\n}\n")
+    return "\n".join(out)
 
 
 def dump_snapshot(workflows: dict[str, State]) -> bytes:
-    """Encode the state file: one line per field and per step, with a content checksum.
-
-    The checksum covers the compact JSON of ``workflows``; whitespace is free to change,
-    a changed value is not. (Indentation is done here rather than by ``json.dumps(indent=)``,
-    which falls back to the slow pure-Python encoder.)
-    """
-    out = [
-        "{",
-        f' "format": "{FORMAT}",',
-        f' "version": {VERSION},',
-        f' "checksum": "{_checksum(_compact(workflows))}",',
-        ' "workflows": {',
-    ]
-    for n, (workflow_id, state) in enumerate(workflows.items()):
-        out.append(f"  {_line(workflow_id)}: {{")
-        out.extend(f"   {_line(k)}: {_line(v)}," for k, v in state.items() if k != "steps")
-        out.append('   "steps": {')
-        steps = [f"    {_line(sid)}: {_line(step)}" for sid, step in state["steps"].items()]
-        out.append(",\n".join(steps))
-        out.append("   }")
-        out.append("  }," if n < len(workflows) - 1 else "  }")
-    out.append(" }")
-    out.append("}\n")
-    text = "\n".join(line for line in out if line)
-    return _utf8(text, workflows, lambda _: dump_snapshot_ascii(workflows))
-
-
-def dump_snapshot_ascii(workflows: dict[str, State]) -> str:
-    """The state file as pure ASCII JSON, for the rare state that holds a lone surrogate."""
-    head = {"format": FORMAT, "version": VERSION, "checksum": _checksum(_compact(workflows))}
-    return _line_ascii({**head, "workflows": workflows}) + "\n"
+    """Encode the state file, with a CRC-32 of everything after ``"workflows":``."""
+    body = _utf8(_render(workflows, _line), workflows, lambda _: _render(workflows, _line_ascii))
+    head = f'{{\n "format": "{FORMAT}",\n "version": {VERSION},\n'
+    head += f' "checksum": "crc32:{zlib.crc32(body):08x}",'
+    return head.encode("ascii") + _BODY_MARK + body
 
 
 def load_snapshot(data: bytes, path: str) -> dict[str, State]:
@@ -154,8 +142,10 @@ def load_snapshot(data: bytes, path: str) -> dict[str, State]:
     if not isinstance(doc, dict) or set(doc) != {"format", "version", "checksum", "workflows"}:
         raise _corrupt(path, "it is not a duravoke state file")
     _check_version(doc.get("format"), FORMAT, doc.get("version"), path)
+    mark = data.find(_BODY_MARK)
+    crc = zlib.crc32(data[mark + len(_BODY_MARK) :]) if mark >= 0 else None
     workflows = doc["workflows"]
-    if not isinstance(workflows, dict) or doc["checksum"] != _checksum(_compact(workflows)):
+    if not isinstance(workflows, dict) or doc["checksum"] != f"crc32:{crc:08x}":
         raise _corrupt(path, "its checksum does not match its content (it was damaged or edited)")
     for state in workflows.values():
         if not _valid_state(state):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import abc
 import copy
+import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import anyio
@@ -46,6 +47,15 @@ class Lease(abc.ABC):
         Safe to call from several threads at once: concurrent callers share one
         write and one fsync (group commit).
         """
+
+    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
+        """Queue ``records`` without blocking; call the returned function to make them durable.
+
+        The order of enqueue calls is the order of the records. Stores with group commit
+        override this so that many tasks queue first and share one write; by default the
+        returned function simply calls :meth:`append`.
+        """
+        return functools.partial(self.append, records)
 
     @abc.abstractmethod
     def close(self, state: State | None) -> None:

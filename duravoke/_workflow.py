@@ -155,6 +155,8 @@ class Run:
         self.replayed = 0
         self.executed = 0
         self.failed = 0
+        #: The outcome recorded before this run, to skip writing when nothing changes.
+        self.before = (state["status"], state["error"])
         event = {"event": "running", "at": now_iso(), "run": state["runs"] + 1}
         apply(state, event)
         self.pending: list[Record] = [event]
@@ -244,14 +246,21 @@ class Run:
 
     async def arecord(self, record: Record) -> None:
         """Append a step record durably without blocking the event loop."""
-        batch = self._stage(record)
+        # Queued here, on the event loop, in call order; written in a worker thread, where
+        # one write and one fsync serve every task that queued meanwhile (group commit).
+        durable = self.lease.enqueue(self._stage(record))
         if self.lease.blocking:
-            await anyio.to_thread.run_sync(self.lease.append, batch)
+            await anyio.to_thread.run_sync(durable)
         else:
-            self.lease.append(batch)
+            durable()
 
     def finish(self, exc: BaseException | None) -> None:
-        """Record how the run ended, compact the state and release the lock."""
+        """Record how the run ended and release the lock.
+
+        A run that recorded steps is compacted: its journal is folded into the state
+        file. A run that only replayed writes nothing, unless its outcome differs from
+        the recorded one; then it appends just that to the journal.
+        """
         event: Record = {
             "event": "completed" if exc is None else "failed",
             "at": now_iso(),
@@ -259,8 +268,17 @@ class Run:
         }
         if exc is not None:
             event["error"] = repr(exc)[:1000]
+        wrote = not self.pending
         apply(self.state, event)
-        self.lease.close(self.state)
+        if wrote:
+            self.lease.close(self.state)
+        elif (event["event"], event.get("error")) == self.before:
+            self.lease.close(None)
+        else:
+            try:
+                self.lease.append([*self.pending, event])
+            finally:
+                self.lease.close(None)
         log = logger.info if exc is None else logger.warning
         log(
             "workflow %r %s: %d steps replayed, %d executed, %d failed",

@@ -471,9 +471,19 @@ def test_hostile_workflow_ids_stay_inside_and_apart(
 # --- damaged state files -------------------------------------------------------------
 
 
-def _checksum(workflows: object) -> str:
-    compact = json.dumps(workflows, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return f"crc32:{zlib.crc32(compact.encode('utf-8')):08x}"
+_MARK = b'\n "workflows": '
+
+
+def _checksum(data: bytes) -> str:
+    """The documented checksum: CRC-32 of every byte after the line's ``"workflows": ``."""
+    return f"crc32:{zlib.crc32(data[data.index(_MARK) + len(_MARK) :]):08x}"
+
+
+def _state_file(workflows: object) -> bytes:
+    """A state file with a correct checksum around ``workflows``, whatever their shape."""
+    body = json.dumps(workflows).encode() + b"\n}\n"
+    head = b'{"format": "duravoke", "version": 1, "checksum": "crc32:%08x",' % zlib.crc32(body)
+    return head + _MARK + body
 
 
 def _with(data: bytes, **changes: object) -> bytes:
@@ -493,8 +503,7 @@ def _edited_value(data: bytes) -> bytes:
 
 
 def _bad_shape(data: bytes) -> bytes:
-    workflows = {"victim": {"status": "completed", "steps": "not a dict"}}
-    return _with(data, workflows=workflows, checksum=_checksum(workflows))
+    return _state_file({"victim": {"status": "completed", "steps": "not a dict"}})
 
 
 DAMAGE: dict[str, Callable[[bytes], bytes]] = {
@@ -763,8 +772,9 @@ def test_the_on_disk_format_carries_a_version(tmp_path: Path, kind: str) -> None
         headers.append(json.loads(first[9:]))
     assert headers == [{"format": "duravoke-journal", "version": 1, "workflow": "versioned"}]
     state_file = files_of(path, "versioned", ".json") if kind == "directory" else path
-    doc = json.loads(state_file.read_bytes())
+    data = state_file.read_bytes()
+    doc = json.loads(data)
     assert doc["format"] == "duravoke"
     assert doc["version"] == 1
-    assert doc["checksum"] == _checksum(doc["workflows"])
+    assert doc["checksum"] == _checksum(data)
     assert list(doc["workflows"]) == ["versioned"]
