@@ -113,11 +113,6 @@ class Step:
         """Encode ``result``: (record, value to return, error to raise instead)."""
         serializer = self.run.serializer
         try:
-            if inspect.isawaitable(result):
-                raise TypeError(
-                    f"{self.name}() returned an awaitable: decorate the async function itself,"
-                    " so that duravoke records what it returns once awaited."
-                )
             encoded = serializer.encode(result, where="result")
         except SerializationError as exc:
             error: BaseException = SerializationError(
@@ -126,9 +121,12 @@ class Step:
                 where=exc.where,
                 type_name=exc.type_name,
             )
+            if inspect.isawaitable(result):
+                error = TypeError(
+                    f"{self.name}() returned an awaitable: decorate the async function itself,"
+                    " so that duravoke records what it returns once awaited."
+                )
             return self.failed(error), None, error
-        except TypeError as exc:
-            return self.failed(exc), None, exc
         record = self._record("completed")
         record["result"] = encoded
         # Return what a replay would return, so the first run and every later one agree.
