@@ -237,8 +237,9 @@ class PostgresStore(Store):
         dsn: where the database is, e.g. ``"postgresql://app@db.internal/app"`` (any
             libpq connection string). A ``schema`` query parameter names the schema.
         durability: ``"fsync"`` (a recorded step is committed to the server's disk) or
-            ``"flush"`` (``synchronous_commit = off``: it survives this process and the
-            server process crashing, not the server's machine losing power).
+            ``"flush"`` (``synchronous_commit = off``, faster: a recorded step survives
+            this process crashing, but a crash of the server may lose the steps of its
+            last fraction of a second, which then run again).
         schema: the schema holding the tables; default: the DSN's ``schema``
             parameter, else ``"duravoke"``. Created with its tables on first use.
 

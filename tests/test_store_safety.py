@@ -236,10 +236,18 @@ def parse_strace(trace: Path, cwd: Path) -> list[dict[str, Any]]:
     return events
 
 
+def _pwrite(raw: str) -> tuple[int, int, bool]:
+    """(offset, bytes written, whether it wrote zeros) of a traced ``pwrite64`` call."""
+    m = re.search(r", (\d+), (\d+)\)\s+=\s+(\d+)", raw)
+    assert m is not None, raw
+    return int(m.group(2)), int(m.group(3)), raw.split('>, "', 1)[1].startswith("\\0")
+
+
 def check_atomic_writes(events: list[dict[str, Any]], root: Path) -> dict[str, int]:
     """Assert the write discipline of section 7 on one traced run; count what was seen."""
     inside = str(root) + os.sep
     seen = {"replaces": 0, "journal_opens": 0, "journal_writes": 0}
+    journal_ends: dict[str, list[int]] = {}
     writing = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"}
     for i, ev in enumerate(events):
         paths = [ev.get("path"), ev.get("src"), ev.get("dst")]
@@ -252,7 +260,8 @@ def check_atomic_writes(events: list[dict[str, Any]], root: Path) -> dict[str, i
                 continue
             assert "O_TRUNC" not in ev["flags"], f"opened with O_TRUNC: {ev['raw']}"
             if path.endswith(".journal"):
-                assert "O_APPEND" in ev["flags"], f"journal not opened O_APPEND: {ev['raw']}"
+                # Created fresh (O_EXCL) or reopened as it is; never truncated.
+                assert "O_CREAT" not in ev["flags"] or "O_EXCL" in ev["flags"], ev["raw"]
                 seen["journal_opens"] += 1
             else:
                 assert path.endswith(".tmp"), f"opened for writing in place: {ev['raw']}"
@@ -260,6 +269,18 @@ def check_atomic_writes(events: list[dict[str, Any]], root: Path) -> dict[str, i
         if call in ("unlink", "unlinkat"):
             assert not path.endswith(".json"), f"state file deleted: {ev['raw']}"
         if call in ("write", "pwrite64") and path.endswith(".journal"):
+            assert call == "pwrite64", f"journal written at an implicit offset: {ev['raw']}"
+            offset, length, zeros = _pwrite(ev["raw"])
+            ends = journal_ends.setdefault(path, [0, 0])  # [end of records, end of file]
+            if zeros:
+                # Growing the file ahead of the records: only ever into new space.
+                assert offset >= ends[1], f"zeros written over the journal: {ev['raw']}"
+                ends[1] = offset + length
+                continue
+            # Append-only: a record never lands on an earlier one.
+            assert offset >= ends[0], f"journal record overwritten: {ev['raw']}"
+            ends[0] = offset + length
+            ends[1] = max(ends[1], ends[0])
             seen["journal_writes"] += 1
             # Durable when the call returns: fsync before the next write or exit.
             nxt = next(
@@ -311,9 +332,11 @@ def test_writes_are_atomic_and_journal_append_only_under_strace(tmp_path: Path, 
         run_worker(tmp_path, kind, path, wid, steps, mode, trace=trace)
         seen.append(check_atomic_writes(parse_strace(trace, tmp_path), root))
     # Non-vacuous: each finished run replaced its state file once, atomically; the
-    # crashed one replaced nothing; every run appended to a journal (a new one has a
-    # header line; steps recorded together may share one write).
-    assert [s["replaces"] for s in seen] == [1, 0, 1, 1], seen
+    # crashed one replaced nothing, and the run after it also folded the crashed run's
+    # journal (whose zero-filled tail reads as torn) into the state file on load; every
+    # run appended to a journal (a new one has a header line; steps recorded together
+    # may share one write).
+    assert [s["replaces"] for s in seen] == [1, 0, 2, 1], seen
     assert [s["journal_opens"] for s in seen] == [1, 1, 1, 1], seen
     assert all(s["journal_writes"] >= 1 for s in seen), seen
     assert completed_results(open_kind(kind, path).read("w") or {}) == {
@@ -640,6 +663,9 @@ def crashed(tmp_path: Path) -> tuple[Path, Path, Path]:
     run_worker(tmp_path, "directory", folder, "w", 2, "ok")
     run_worker(tmp_path, "directory", folder, "w", 5, "crash")
     journal = files_of(folder, "w", ".journal")
+    # The journal is grown ahead of its records with zeros; cut them off here, so that
+    # the damage below is applied to the records themselves (the zeros are tested too).
+    journal.write_bytes(journal.read_bytes().rstrip(b"\0"))
     lines = journal.read_bytes().split(b"\n")
     # header, running event, steps 2, 3, 4, and the empty string after the last "\n"
     assert len(lines) == 6, lines
@@ -723,6 +749,8 @@ TORN_TAILS: dict[str, Callable[[bytes], bytes]] = {
     "header-cut": lambda b: b[:20],
     "header-only": lambda b: b[: b.index(b"\n") + 1],
     "header-newline-lost": lambda b: b[: b.index(b"\n")],
+    "zero-filled": lambda b: b + bytes(4096),
+    "half-record-then-zeros": lambda b: _half_record_appended(b) + bytes(100),
 }
 
 
@@ -734,7 +762,7 @@ def test_no_record_is_ever_written_after_a_torn_tail(
     journal.write_bytes(TORN_TAILS[tail](journal.read_bytes()))
     # A second crash, after new records, must leave a journal of intact lines only.
     run_worker(tmp_path, "directory", folder, "w", 7, "crash")
-    lines = files_of(folder, "w", ".journal").read_bytes().split(b"\n")
+    lines = files_of(folder, "w", ".journal").read_bytes().rstrip(b"\0").split(b"\n")
     assert lines[-1] == b""
     damaged = [line for line in lines[:-1] if not crc_line_ok(line)]
     assert damaged == [], f"new records were appended after a torn tail ({tail})"
