@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +27,20 @@ def duravoke_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+#: A Postgres server for the "postgres" store kind (and tests/test_postgres.py), if any.
+POSTGRES_DSN = os.environ.get("DURAVOKE_TEST_POSTGRES_DSN", "")
+#: Every Postgres store a test makes gets a schema of its own, named with this prefix
+#: (unique to this pytest session, as the server may be shared) and dropped at the end.
+POSTGRES_SCHEMA_PREFIX = f"dvtest_{secrets.token_hex(4)}_"
+_postgres_stores: list[duravoke.PostgresStore] = []
+
 #: The store kinds every behaviour test runs against.
-STORE_KINDS = ["directory", "kkv", "memory"]
+STORE_KINDS = ["directory", "kkv", "memory", *(["postgres"] if POSTGRES_DSN else [])]
+
+
+def postgres_schema(folder: Path) -> str:
+    """The schema of the Postgres stores made for ``folder``: the same for a reopen."""
+    return POSTGRES_SCHEMA_PREFIX + hashlib.sha256(str(folder).encode()).hexdigest()[:16]
 
 
 def make_store(kind: str, folder: Path) -> duravoke.Store:
@@ -36,7 +51,37 @@ def make_store(kind: str, folder: Path) -> duravoke.Store:
         return duravoke.PersistedKKV(folder / "duravoke_state.json")
     if kind == "memory":
         return duravoke.InMemoryKKV()
+    if kind == "postgres":
+        store = duravoke.PostgresStore(POSTGRES_DSN, schema=postgres_schema(folder))
+        _postgres_stores.append(store)
+        return store
     raise ValueError(kind)
+
+
+@pytest.fixture(autouse=True)
+def _close_postgres_stores() -> Iterator[None]:
+    """Close the idle connections of this test's Postgres stores (the server has a limit)."""
+    yield
+    while _postgres_stores:
+        _postgres_stores.pop().close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _drop_postgres_schemas() -> Iterator[None]:
+    """Drop the schemas this session's Postgres stores created."""
+    yield
+    if not POSTGRES_DSN:
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)",
+            [POSTGRES_SCHEMA_PREFIX],
+        ).fetchall()
+        for (name,) in rows:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -46,9 +91,9 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store(store_kind: str, tmp_path: Path) -> Iterator[duravoke.Store]:
+def store(store_kind: str, tmp_path: Path) -> duravoke.Store:
     """A fresh store of every kind in turn."""
-    yield make_store(store_kind, tmp_path)
+    return make_store(store_kind, tmp_path)
 
 
 @pytest.fixture
@@ -70,4 +115,3 @@ def reopen(store_kind: str, tmp_path: Path, store: duravoke.Store):  # type: ign
         return duravoke.Duravoke(make_store(store_kind, tmp_path))
 
     return _reopen
-

@@ -363,6 +363,7 @@ def _assert_files_inside(store_kind: str, tmp_path: Path) -> None:
         "directory": [tmp_path / "store"],
         "kkv": [tmp_path / "duravoke_state.json", tmp_path / "duravoke_state.json.d"],
         "memory": [],
+        "postgres": [],  # state lives in the database: no file at all
     }[store_kind]
     found = []
     for root, dirs, files in os.walk(tmp_path):
