@@ -350,6 +350,26 @@ def test_store_option_with_a_persisted_kkv_file(tmp_path: Path) -> None:
     assert "one" not in json.loads(path.read_text())["workflows"]
 
 
+def test_list_show_forget_on_every_store_kind(store_kind: str, store: duravoke.Store) -> None:
+    """The same commands on each kind of store, named by ``--store <its location>``."""
+    if store_kind == "memory":
+        pytest.skip("an in-memory store cannot be reached from another process")
+    other = App(store)
+    other.run("first", 1)
+    other.run("second", 2, fail=True)
+    spec = ["--store", store.location]
+    assert listed_ids(*spec) == ["second", "first"]
+    listed = json.loads(cli("list", "--json", *spec).stdout)
+    assert {w["id"]: w["status"] for w in listed} == {"first": "completed", "second": "failed"}
+    shown = cli("show", "second", *spec)
+    assert shown.returncode == 0, shown.stderr
+    assert "  app.child(x=1) " in shown.stdout
+    assert_one_line_error(cli("show", "nope", *spec), "nope")
+    assert cli("forget", "first", "--yes", *spec).returncode == 0
+    assert listed_ids(*spec) == ["second"]
+    assert store.read("first") is None
+
+
 # --- hostile ids and damaged stores ------------------------------------------------------
 
 HOSTILE = {
