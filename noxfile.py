@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "examples"]
@@ -47,7 +49,9 @@ def examples(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Print the benchmark table (per-step microseconds, ratios to an fsync baseline)."""
     session.install("-e", ".[test]")
-    session.run("python", "benchmarks/bench_steps.py", *session.posargs)
+    dsn = os.environ.get("DURAVOKE_TEST_POSTGRES_DSN")
+    extra = ["--postgres", dsn] if dsn else []
+    session.run("python", "benchmarks/bench_steps.py", *extra, *session.posargs)
 
 
 @nox.session
