@@ -22,7 +22,16 @@ import platformdirs
 from ._errors import CorruptStateError, StoreError
 from ._files import atomic_write, ensure_folder, read_bytes, remove
 from ._journal import Journal
-from ._state import Record, State, apply, dump_snapshot, load_snapshot, new_state, parse_journal
+from ._state import (
+    Record,
+    State,
+    apply,
+    dump_snapshot,
+    load_snapshot,
+    new_state,
+    parse_journal,
+    status_event,
+)
 from ._store import Durability, Lease, Store
 
 __all__ = ["DirectoryStore", "PersistedKKV", "default_folder"]
@@ -91,19 +100,23 @@ class _FileStore(Store):
         """Snapshot plus journal, without the lock (a torn last record is ignored)."""
         return self._load(_check_id(workflow_id))[0]
 
-    def _load(self, workflow_id: str) -> tuple[State | None, bool, bool]:
-        """(state, journal exists, journal torn)."""
+    def _compacts(self, journal_bytes: int) -> bool:
+        """Whether finishing a run folds a journal of this size into the snapshot."""
+        return True
+
+    def _load(self, workflow_id: str) -> tuple[State | None, int | None, bool]:
+        """(state, where the journal's records end or None without one, journal torn)."""
         state = self._snapshot_state(workflow_id)
         path = self._journal_path(workflow_id)
         data = read_bytes(path)
         if data is None:
-            return state, False, False
-        records, torn = parse_journal(data, str(path), workflow_id)
+            return state, None, False
+        records, torn, end = parse_journal(data, str(path), workflow_id)
         if records:
             state = state or new_state()
             for record in records:
                 apply(state, record)
-        return state, True, torn
+        return state, end, torn
 
     def _journal_ids(self, folder: Path) -> set[str]:
         ids = set()
@@ -134,15 +147,16 @@ class _FileLease(Lease):
 
     def load(self) -> State:
         store, wid = self._store, self.workflow_id
-        state, exists, torn = store._load(wid)
+        state, end, torn = store._load(wid)
         state = state or new_state()
         if torn:
             # A crash cut the last record short. Fold the intact part into the snapshot
             # and start a new journal, so that no new record lands after the torn one.
             store._save_snapshot(wid, state)
+        if torn or end == 0:  # torn, or cut before even its header was written
             remove(store._journal_path(wid))
-            exists = False
-        self._journal = Journal(store._journal_path(wid), wid, sync=self.blocking, exists=exists)
+            end = None
+        self._journal = Journal(store._journal_path(wid), wid, sync=self.blocking, end=end)
         return state
 
     def append(self, records: Sequence[Record]) -> None:
@@ -159,9 +173,14 @@ class _FileLease(Lease):
         return 0 if self._journal is None else self._journal.fsyncs
 
     def close(self, state: State | None) -> None:
+        journal = self._journal
         try:
-            if self._journal is not None:
-                self._journal.close()
+            if state is not None and journal is not None and not self._store._compacts(journal.end):
+                # Keep the journal for now; it just needs the run's outcome.
+                journal.append([status_event(state)])
+                state = None
+            if journal is not None:
+                journal.close()
             if state is not None:
                 self._store._save_snapshot(self.workflow_id, state)
                 remove(self._store._journal_path(self.workflow_id))
@@ -271,6 +290,15 @@ class PersistedKKV(_FileStore):
 
     def _folder(self) -> Path:
         return self.path.with_name(self.path.name + ".d")
+
+    def _compacts(self, journal_bytes: int) -> bool:
+        # Rewriting the shared file costs its whole size: keep it small and readable, and
+        # once it is large, fold a journal in only when it has grown to a quarter of it.
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return True
+        return size <= 256 * 1024 or journal_bytes * 4 >= size
 
     def _all(self) -> dict[str, State]:
         data = read_bytes(self.path)

@@ -35,20 +35,21 @@ _MAX_CHUNK = 4 * 1024 * 1024
 class Journal:
     """Writes records to one journal file; created with its header on first use.
 
-    ``exists`` says that the file is there and intact (it ends with a whole record and
-    no zero-filled tail), so that new records go after it.
+    ``end``, for a journal that is there and intact, is where its records end (see
+    ``_state.parse_journal``): new records go there, over the zeros after them.
     """
 
-    def __init__(self, path: Path, workflow_id: str, *, sync: bool, exists: bool) -> None:
+    def __init__(self, path: Path, workflow_id: str, *, sync: bool, end: int | None) -> None:
         self.path = path
         self._workflow_id = workflow_id
         self._sync = sync
         self._fd: int | None = None
         self._end = 0  # where the next record goes
         self._size = 0  # the file's size: records, then zeros
-        if exists:
+        if end is not None:
             self._fd = os.open(path, os.O_WRONLY)
-            self._end = self._size = os.fstat(self._fd).st_size
+            self._size = os.fstat(self._fd).st_size
+            self._end = end
         self._commit = GroupCommit(self._write, self._error)
         #: fsync calls issued, for benchmarks and tests of group commit.
         self.fsyncs = 0
@@ -61,6 +62,11 @@ class Journal:
         """Queue ``records``; the returned function writes (or waits for) them."""
         ticket = self._commit.enqueue(b"".join(map(journal_line, records)))
         return functools.partial(self._commit.wait, ticket)
+
+    @property
+    def end(self) -> int:
+        """Where the records written so far end (0 before the file exists)."""
+        return self._end
 
     def close(self) -> None:
         """Close the file (pending writes must have returned)."""

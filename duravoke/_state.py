@@ -37,6 +37,7 @@ __all__ = [
     "new_state",
     "now_iso",
     "parse_journal",
+    "status_event",
 ]
 
 FORMAT = "duravoke"
@@ -168,36 +169,49 @@ def journal_line(record: Record) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record], bool]:
-    """Decode a journal into its records and whether it ended in a torn record.
+def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record], bool, int]:
+    """Decode a journal: (its records, whether its end is torn, where its records end).
 
-    The first line is a header naming the format, version and workflow. A damaged
-    record followed only by damage is what a crash mid-write leaves: it is dropped
-    and reported as torn. A damaged record followed by an intact one is real
-    corruption and raises :class:`CorruptStateError`.
+    The first line is a header naming the format, version and workflow; each record is
+    a line. Zeros after the last record are space grown ahead of the records (see
+    ``_journal``) and end at the returned offset; 0 means no header was written. A
+    damaged record, or bytes other than zeros after the last record, followed by no
+    intact record is what a crash mid-write leaves: it is dropped, and reported as torn
+    so that nothing gets written after it. A damaged record followed by an intact one
+    is real corruption and raises :class:`CorruptStateError`.
     """
+    *lines, rest = data.split(b"\n")
     records: list[Record] = []
-    torn = False
-    for line in data.split(b"\n"):
+    damaged = False
+    end = position = 0
+    for line in lines:
+        position += len(line) + 1
         record = _parse_line(line)
         if record is None:
-            torn = torn or bool(line)
+            damaged = True
             continue
-        if torn:
+        if damaged:
             raise _corrupt(path, "a record in the middle of it is damaged")
         records.append(record)
-    # A journal not ending in a newline (or empty) lost its end to a crash, even when its
-    # last line looks whole: nothing may be appended to it as it is.
-    torn = torn or not data.endswith(b"\n")
+        end = position
+    torn = damaged or bool(rest.strip(b"\0"))
     if not records:
-        return [], torn
+        return [], torn, 0
     header = records.pop(0)
     _check_version(header.get("format"), JOURNAL_FORMAT, header.get("version"), path)
     if header.get("workflow") != workflow_id:
         raise _corrupt(path, f"it belongs to workflow {header.get('workflow')!r}")
     if not all(_valid_record(r) for r in records):
         raise _corrupt(path, "a record in it has an unexpected shape")
-    return records, torn
+    return records, torn, end
+
+
+def status_event(state: State) -> Record:
+    """The workflow event that brings any earlier state to ``state``'s status."""
+    event: Record = {"event": state["status"], "at": state["updated"], "run": state["runs"]}
+    if state["status"] == "failed":
+        event["error"] = state["error"]
+    return event
 
 
 def _parse_line(line: bytes) -> Record | None:
