@@ -274,9 +274,10 @@ class PersistedKKV(_FileStore):
             live beside it in the folder ``<path>.d``.
         durability: as for :class:`DirectoryStore`.
 
-    Finishing a workflow rewrites the whole file (atomically), so prefer
-    :class:`DirectoryStore` for thousands of workflows; steps themselves only append
-    to their workflow's journal and cost the same either way.
+    Folding a workflow's journal into the file rewrites the whole file (atomically):
+    at the end of each run that recorded steps while the file is at most 256 KiB, and
+    beyond that only once the journal has grown to a quarter of the file, so that the
+    cost per step stays constant. Prefer :class:`DirectoryStore` for many workflows.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync") -> None:
