@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +116,55 @@ def reopen(store_kind: str, tmp_path: Path, store: duravoke.Store):  # type: ign
         return duravoke.Duravoke(make_store(store_kind, tmp_path))
 
     return _reopen
+
+
+#: Kinds of store that worker processes open from a spec string (see :func:`spec`).
+SPEC_KINDS = ["directory", "kkv", *(["postgres"] if POSTGRES_DSN else [])]
+
+
+def store_specs(tmp_path: Path) -> list[str]:
+    """Spec strings for ``open_store``, one per :data:`SPEC_KINDS`.
+
+    The Postgres store gets a schema of its own, which is dropped after the session.
+    """
+    folder = tmp_path / "store"
+    specs = [str(folder), str(folder / "state.json")]
+    if POSTGRES_DSN:
+        glue = "&" if "?" in POSTGRES_DSN else "?"
+        specs.append(f"{POSTGRES_DSN}{glue}schema={postgres_schema(tmp_path)}")
+    return specs
+
+
+def close_store(store: duravoke.Store) -> None:
+    """Let go of a store's connections, if it has any (the Postgres server has a limit)."""
+    closer = getattr(store, "close", None)
+    if closer is not None:
+        closer()
+
+
+@pytest.fixture(params=SPEC_KINDS)
+def spec_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of store a worker process opens."""
+    return str(request.param)
+
+
+@pytest.fixture
+def spec(spec_kind: str, tmp_path: Path) -> str:
+    """A spec string of kind ``spec_kind``; Postgres is skipped (visibly) if it cannot open."""
+    value = store_specs(tmp_path)[SPEC_KINDS.index(spec_kind)]
+    try:
+        close_store(duravoke.open_store(value))
+    except ImportError as exc:
+        pytest.skip(f"PostgresStore cannot be opened: {exc!r}")
+    return value
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes to kill if a test fails while they still run."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

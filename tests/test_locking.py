@@ -19,44 +19,11 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import POSTGRES_DSN, postgres_schema
+from conftest import close_store
 
 import duravoke
 
 PROCS = Path(__file__).parent / "procs"
-#: The store specs every test here runs against (ids of the list store_specs() returns).
-SPEC_KINDS = ["directory", "kkv", *(["postgres"] if POSTGRES_DSN else [])]
-
-
-def store_specs(tmp_path: Path) -> list[str]:
-    """Spec strings for ``open_store``: a folder, a JSON file, and Postgres if configured.
-
-    The Postgres store gets a schema of its own, which conftest drops after the session.
-    """
-    folder = tmp_path / "store"
-    specs = [str(folder), str(folder / "state.json")]
-    if POSTGRES_DSN:
-        glue = "&" if "?" in POSTGRES_DSN else "?"
-        specs.append(f"{POSTGRES_DSN}{glue}schema={postgres_schema(tmp_path)}")
-    return specs
-
-
-def close(store: duravoke.Store) -> None:
-    """Let go of a store's connections, if it has any (the Postgres server has a limit)."""
-    closer = getattr(store, "close", None)
-    if closer is not None:
-        closer()
-
-
-@pytest.fixture(params=SPEC_KINDS)
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One store spec; the Postgres one is skipped (visibly) when it cannot be opened."""
-    value = store_specs(tmp_path)[SPEC_KINDS.index(request.param)]
-    try:
-        close(duravoke.open_store(value))
-    except ImportError as exc:
-        pytest.skip(f"PostgresStore cannot be opened: {exc!r}")
-    return value
 
 
 def read_state(spec: str, workflow_id: str) -> dict[str, Any] | None:
@@ -65,7 +32,7 @@ def read_state(spec: str, workflow_id: str) -> dict[str, Any] | None:
     try:
         return store.read(workflow_id)
     finally:
-        close(store)
+        close_store(store)
 
 
 @pytest.fixture
@@ -105,30 +72,19 @@ def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> No
         time.sleep(0.01)
 
 
-@pytest.fixture
-def holder() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes to kill if a test fails while they still hold a workflow."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 # ---------------------------------------------------------------------------- processes
 
 
 def test_second_process_waits_until_first_leaves(
-    spec: str, wid: str, tmp_path: Path, holder: list[subprocess.Popen[str]]
+    spec: str, wid: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     ready, release, leaving = tmp_path / "a-ready", tmp_path / "release", tmp_path / "a-leaving"
     a = start(spec, wid, "--ready", ready, "--hold-until", release, "--leaving", leaving)
-    holder.append(a)
+    procs.append(a)
     wait_for(ready, a)
     trying, entered = tmp_path / "b-trying", tmp_path / "b-in"
     b = start(spec, wid, "--trying", trying, "--entered", entered, "--check", leaving)
-    holder.append(b)
+    procs.append(b)
     wait_for(trying, b)
     # B is at the door: give it time to get in wrongly, then let A leave.
     time.sleep(0.3)
@@ -143,14 +99,14 @@ def test_second_process_waits_until_first_leaves(
 
 
 def test_second_process_with_timeout_raises_busy(
-    spec: str, wid: str, tmp_path: Path, holder: list[subprocess.Popen[str]]
+    spec: str, wid: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     ready, release, entered = tmp_path / "a-ready", tmp_path / "release", tmp_path / "b-in"
     a = start(spec, wid, "--ready", ready, "--hold-until", release)
-    holder.append(a)
+    procs.append(a)
     wait_for(ready, a)
     b = start(spec, wid, "--timeout", 0.2, "--entered", entered)
-    holder.append(b)
+    procs.append(b)
     err = finish(b, expect=3)
     assert f"WorkflowBusyError workflow_id={wid!r} is_timeout=True" in err
     assert wid in err.split(": ", 1)[1], "the message itself names the workflow"
@@ -159,23 +115,23 @@ def test_second_process_with_timeout_raises_busy(
     finish(a)
     # Once A has left, a timeout is no obstacle.
     c = start(spec, wid, "--timeout", 5, "--entered", entered)
-    holder.append(c)
+    procs.append(c)
     finish(c)
     assert entered.exists()
 
 
 def test_different_workflows_do_not_wait_for_each_other(
-    spec: str, tmp_path: Path, holder: list[subprocess.Popen[str]]
+    spec: str, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     tag = uuid.uuid4().hex
     ready, release, leaving = tmp_path / "a-ready", tmp_path / "release", tmp_path / "a-leaving"
     a = start(spec, f"a-{tag}", "--ready", ready, "--hold-until", release, "--leaving", leaving)
-    holder.append(a)
+    procs.append(a)
     wait_for(ready, a)
     # A holds "a" until we release it, which we only do once B has finished "b".
     entered = tmp_path / "b-in"
     b = start(spec, f"b-{tag}", "--entered", entered, "--check", leaving)
-    holder.append(b)
+    procs.append(b)
     finish(b)
     assert a.poll() is None, "A left before it was released"
     release.touch()
@@ -244,7 +200,7 @@ class Holder:
 def d(spec: str) -> Iterator[duravoke.Duravoke]:
     instance = duravoke.Duravoke(duravoke.open_store(spec))
     yield instance
-    close(instance.store)
+    close_store(instance.store)
 
 
 @pytest.mark.parametrize("own_instance", [False, True], ids=["shared", "own-instance"])
@@ -254,7 +210,7 @@ def test_second_thread_waits(
     holding = Holder(d, wid)
     # Threads usually share an instance; one with its own store object must wait too.
     other = duravoke.Duravoke(duravoke.open_store(spec)) if own_instance else d
-    request.addfinalizer(lambda: close(other.store))
+    request.addfinalizer(lambda: close_store(other.store))
     saw_leaving: list[bool] = []
     entered = threading.Event()
 

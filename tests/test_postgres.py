@@ -53,17 +53,6 @@ def db() -> Iterator[Any]:
         yield conn
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes to kill if a test fails while they still run."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
 def spawn(procs: list[subprocess.Popen[str]], code: str, *args: object) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-c", textwrap.dedent(code), *map(str, args)]
     proc = subprocess.Popen(

@@ -17,13 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_DSN, postgres_schema
+from conftest import close_store
 
 import duravoke
 
 PROCS = Path(__file__).parent / "procs"
-#: The store specs every test here runs against (ids of the list store_specs() returns).
-SPEC_KINDS = ["directory", "kkv", *(["postgres"] if POSTGRES_DSN else [])]
 
 PROCESSES = 8
 THREADS = 4
@@ -32,45 +30,14 @@ WORKFLOWS = 200
 ENTRANTS = dict.fromkeys(["directory", "kkv", "postgres"], PROCESSES * THREADS)
 
 
-def store_specs(tmp_path: Path) -> list[str]:
-    """Spec strings for ``open_store``: a folder, a JSON file, and Postgres if configured.
-
-    The Postgres store gets a schema of its own, which conftest drops after the session.
-    """
-    folder = tmp_path / "store"
-    specs = [str(folder), str(folder / "state.json")]
-    if POSTGRES_DSN:
-        glue = "&" if "?" in POSTGRES_DSN else "?"
-        specs.append(f"{POSTGRES_DSN}{glue}schema={postgres_schema(tmp_path)}")
-    return specs
-
-
-def close(store: duravoke.Store) -> None:
-    """Let go of a store's connections, if it has any (the Postgres server has a limit)."""
-    closer = getattr(store, "close", None)
-    if closer is not None:
-        closer()
-
-
-@pytest.fixture(params=SPEC_KINDS)
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(kind, spec); the Postgres one is skipped (visibly) when it cannot be opened."""
-    value = store_specs(tmp_path)[SPEC_KINDS.index(request.param)]
-    try:
-        close(duravoke.open_store(value))
-    except ImportError as exc:
-        pytest.skip(f"PostgresStore cannot be opened: {exc!r}")
-    return request.param, value
-
-
 def steps_of(k: int) -> int:
     """How many steps workflow ``k`` has; the same rule as in procs/stress_worker.py."""
     return 5 + k % 6
 
 
-def test_processes_and_threads_share_one_store(spec: tuple[str, str], tmp_path: Path) -> None:
-    kind, spec_text = spec
-    entrants = ENTRANTS[kind]
+def test_processes_and_threads_share_one_store(spec_kind: str, spec: str, tmp_path: Path) -> None:
+    spec_text = spec
+    entrants = ENTRANTS[spec_kind]
     seed = int(os.environ.get("DURAVOKE_STRESS_SEED", random.randrange(2**32)))
     print(f"stress seed {seed}")
     prefix = f"stress-{uuid.uuid4().hex[:12]}"
@@ -124,7 +91,7 @@ def test_processes_and_threads_share_one_store(spec: tuple[str, str], tmp_path: 
     try:
         check_states(store, prefix, entrants, seed)
     finally:
-        close(store)
+        close_store(store)
 
 
 def check_states(store: duravoke.Store, prefix: str, entrants: int, seed: int) -> None:

@@ -28,50 +28,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_DSN, postgres_schema
+from conftest import close_store
 
 import duravoke
 
 PROCS = Path(__file__).parent / "procs"
-#: The store specs every test here runs against (ids of the list store_specs() returns).
-SPEC_KINDS = ["directory", "kkv", *(["postgres"] if POSTGRES_DSN else [])]
 
 KILLS = int(os.environ.get("DURAVOKE_TORTURE_KILLS", "50"))
 SECONDS = float(os.environ.get("DURAVOKE_TORTURE_SECONDS", max(120.0, 0.5 * KILLS)))
 CORRUPT_EXIT = 4
 #: How many finished workflows stay in the store (and are checked again) while we go on.
 KEEP = 4
-
-
-def store_specs(tmp_path: Path) -> list[str]:
-    """Spec strings for ``open_store``: a folder, a JSON file, and Postgres if configured.
-
-    The Postgres store gets a schema of its own, which conftest drops after the session.
-    """
-    folder = tmp_path / "store"
-    specs = [str(folder), str(folder / "state.json")]
-    if POSTGRES_DSN:
-        glue = "&" if "?" in POSTGRES_DSN else "?"
-        specs.append(f"{POSTGRES_DSN}{glue}schema={postgres_schema(tmp_path)}")
-    return specs
-
-
-def close(store: duravoke.Store) -> None:
-    """Let go of a store's connections, if it has any (the Postgres server has a limit)."""
-    closer = getattr(store, "close", None)
-    if closer is not None:
-        closer()
-
-
-@pytest.fixture(params=SPEC_KINDS)
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One store spec; the Postgres one is skipped (visibly) when it cannot be opened."""
-    value = store_specs(tmp_path)[SPEC_KINDS.index(request.param)]
-    try:
-        close(duravoke.open_store(value))
-    except ImportError as exc:
-        pytest.skip(f"PostgresStore cannot be opened: {exc!r}")
-    return value
 
 
 @pytest.fixture
@@ -119,7 +86,7 @@ class Round:
         try:
             state = store.read(self.workflow_id)
         finally:
-            close(store)
+            close_store(store)
         assert state is not None, context
         assert state["status"] == "completed", context
         steps = list(state["steps"].values())
@@ -221,7 +188,7 @@ def torture(spec: str, tmp_path: Path, seed: int, steps: int, modes: list[str]) 
             try:
                 store.forget(rounds[-KEEP - 1].workflow_id)
             finally:
-                close(store)
+                close_store(store)
         if set(spans) == set(modes) and not (kills < KILLS and time.monotonic() < deadline):
             break
     print(
