@@ -7,7 +7,8 @@
 once in one anyio task group, so their records share writes and fsyncs (group commit).
 Step ``i`` returns ``i * i``. The log gets ``exec i`` when a step body starts and
 ``returned i`` right after the call returns (its record is written by then); both with
-one ``os.write`` on an O_APPEND file, which a SIGKILL cannot half-do.
+one 32-byte ``os.write`` on an O_APPEND file, which a SIGKILL cannot half-do (it can cut
+a write short only where it crosses a page boundary, and 32 divides the page size).
 
 With DIE_AFTER, a sync run SIGKILLs itself once step DIE_AFTER has returned: a crash
 at a known point. Prints ``ready`` (flushed) just before entering the workflow, and
@@ -47,7 +48,9 @@ def main() -> int:
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def note(text: str) -> None:
-        os.write(fd, f"{text}\n".encode())
+        # 32 bytes each, so that no write straddles a page: a SIGKILL can cut a write
+        # short between two pages of the page cache (seen here: a log ending in "return").
+        os.write(fd, f"{text:<31}\n".encode())
 
     @d.duravoke
     def step(i: int) -> int:
