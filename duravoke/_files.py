@@ -6,11 +6,19 @@ Platform differences are decided once, here, at import time.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "ensure_folder", "fsync_folder", "read_bytes", "remove"]
+__all__ = [
+    "atomic_write",
+    "ensure_folder",
+    "fsync_folder",
+    "read_bytes",
+    "remove",
+    "remove_leftovers",
+]
 
 # Windows cannot open a directory to fsync it; there os.replace is as durable as it gets.
 _CAN_FSYNC_FOLDERS = os.name == "posix"
@@ -50,7 +58,7 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
     Write a temporary file in the same folder, flush and fsync it, ``os.replace`` it
     over the target, then fsync the folder. The target is never truncated in place.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -64,6 +72,21 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
         raise
     if sync:
         fsync_folder(path.parent)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name[:200]}."
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files that writers of ``path`` killed mid-write left behind.
+
+    Only for a caller that holds the lock under which ``path`` is written: the temporary
+    file of a writer still at work would go too.
+    """
+    for leftover in path.parent.glob(glob.escape(_temp_prefix(path)) + "*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def read_bytes(path: Path) -> bytes | None:

@@ -20,7 +20,7 @@ import filelock
 import platformdirs
 
 from ._errors import CorruptStateError, StoreError
-from ._files import atomic_write, ensure_folder, read_bytes, remove
+from ._files import atomic_write, ensure_folder, read_bytes, remove, remove_leftovers
 from ._journal import Journal
 from ._state import (
     Record,
@@ -80,6 +80,9 @@ class _FileStore(Store):
 
     def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
         raise NotImplementedError
+
+    def _remove_leftovers(self, workflow_id: str) -> None:
+        """Delete temporary state files that a killed run left (the lock is held)."""
 
     def _journal_path(self, workflow_id: str) -> Path:
         return self._folder() / f"{_file_stem(workflow_id)}.journal"
@@ -149,6 +152,9 @@ class _FileLease(Lease):
         store, wid = self._store, self.workflow_id
         state, end, torn = store._load(wid)
         state = state or new_state()
+        if end is not None or torn:
+            # A journal left behind: its run was killed, perhaps while writing the state.
+            store._remove_leftovers(wid)
         if torn:
             # A crash cut the last record short. Fold the intact part into the snapshot
             # and start a new journal, so that no new record lands after the torn one.
@@ -231,6 +237,9 @@ class DirectoryStore(_FileStore):
     def _snapshot_path(self, workflow_id: str) -> Path:
         return self._folder() / f"{_file_stem(workflow_id)}.json"
 
+    def _remove_leftovers(self, workflow_id: str) -> None:
+        remove_leftovers(self._snapshot_path(workflow_id))
+
     def _snapshot_state(self, workflow_id: str) -> State | None:
         path = self._snapshot_path(workflow_id)
         data = read_bytes(path)
@@ -312,6 +321,7 @@ class PersistedKKV(_FileStore):
         ensure_folder(self._folder())
         # Read-modify-write of the shared file: one writer at a time across processes.
         with filelock.FileLock(self._folder() / "store.lock", mode=0o600, thread_local=False):
+            remove_leftovers(self.path)
             workflows = self._all()
             if state is None:
                 if workflow_id not in workflows:

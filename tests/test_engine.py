@@ -157,3 +157,40 @@ def test_a_large_shared_file_is_rewritten_only_when_a_journal_has_grown(tmp_path
         filler = store.read(f"filler-{w}")
         assert filler is not None
         assert (filler["status"], len(filler["steps"])) == ("completed", 80)
+
+
+def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
+    step = _steps(d, [])
+    with d.workflow("w"):
+        step(0)
+    (state_file,) = folder.glob("*.json")
+    # What a run killed while writing the state leaves: its journal, a temporary file.
+    leftover = folder / f".{state_file.name}.k1ll3d.tmp"
+    leftover.write_bytes(b"half a state file")
+    other = folder / ".another.json.k1ll3d.tmp"  # not this workflow's: left alone
+    other.write_bytes(b"")
+    with d.workflow("w"):
+        step(1)
+    assert leftover.exists()  # a run that finds no journal has no reason to look
+
+    with d.workflow("w"):
+        step(2)
+        # Simulate the kill: the journal stays behind, as after a SIGKILL.
+        (journal,) = _journals(folder)
+        kept = journal.read_bytes()
+    journal.write_bytes(kept)
+    with d.workflow("w"):
+        step(3)
+    assert not leftover.exists()
+    assert other.exists()
+
+    path = tmp_path / "state.json"
+    kkv = duravoke.Duravoke(duravoke.PersistedKKV(path))
+    kkv_step = _steps(kkv, [])
+    stale = tmp_path / ".state.json.k1ll3d.tmp"
+    stale.write_bytes(b"half a state file")
+    with kkv.workflow("w"):
+        kkv_step(0)
+    assert not stale.exists()  # removed under the store's lock, before writing
