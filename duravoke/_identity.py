@@ -22,6 +22,9 @@ __all__ = ["CallIdentity", "call_key", "idempotency_key_for", "implicit_workflow
 # identity must be canonical and must never depend on pickle.
 _ARGS = JSONSerializer()
 
+# The JSON encoding of these is the value itself (the serializer passes them through).
+_AS_IS = frozenset((str, int, bool, type(None)))
+
 #: Arguments this short are also written into the step record, for people to read.
 ARGS_PREVIEW_LIMIT = 200
 
@@ -65,6 +68,9 @@ class CallIdentity:
             bound = ba.arguments
         out = {}
         for param, value in bound.items():
+            if type(value) in _AS_IS:
+                out[param] = value
+                continue
             try:
                 out[param] = _ARGS.encode(value, where=param, canonical=True)
             except SerializationError as exc:

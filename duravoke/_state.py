@@ -17,6 +17,7 @@ journal be replayed over a snapshot that already contains some of it.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -52,9 +53,24 @@ _STATUSES = frozenset({"running", "completed", "failed"})
 _PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1}
 
 
+_second: tuple[int, str] = (0, "")
+
+
 def now_iso() -> str:
-    """The current time as an ISO 8601 string in UTC, as every record stores it."""
-    return datetime.now(timezone.utc).isoformat()
+    """The current time as an ISO 8601 string in UTC, as every record stores it.
+
+    Called for every recorded step: the date and time of the current second are
+    formatted once per second (a tuple swap, safe across threads).
+    """
+    global _second
+    now = time.time()
+    second = int(now)
+    cached = _second
+    if cached[0] != second:
+        prefix = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _second = (second, prefix)
+    micro = min(int((now - second) * 1_000_000), 999_999)
+    return f"{cached[1]}.{micro:06d}+00:00"
 
 
 def new_state() -> State:
