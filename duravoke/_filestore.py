@@ -160,7 +160,7 @@ class _FileLease(Lease):
             # and start a new journal, so that no new record lands after the torn one.
             store._save_snapshot(wid, state)
         if torn or end == 0:  # torn, or cut before even its header was written
-            remove(store._journal_path(wid))
+            remove(store._journal_path(wid), sync=False)  # see close()
             end = None
         self._journal = Journal(store._journal_path(wid), wid, sync=self.blocking, end=end)
         return state
@@ -189,7 +189,9 @@ class _FileLease(Lease):
                 journal.close()
             if state is not None:
                 self._store._save_snapshot(self.workflow_id, state)
-                remove(self._store._journal_path(self.workflow_id))
+                # No fsync of the folder: should the removal be lost, the journal comes back
+                # holding only records that the (durable) state file has too; harmless.
+                remove(self._store._journal_path(self.workflow_id), sync=False)
         except OSError as exc:
             raise StoreError(
                 f"could not compact the state of workflow {self.workflow_id!r} in"
