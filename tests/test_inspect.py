@@ -372,11 +372,11 @@ _KILL_AFTER_COMPACTION = textwrap.dedent(
 
     real_remove = filestore.remove
 
-    def remove(path):
+    def remove(path, **kwargs):
         # The crash window between writing the final snapshot and deleting the journal.
         if str(path).endswith(".journal"):
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_remove(path)
+        return real_remove(path, **kwargs)
 
     filestore.remove = remove
     d = duravoke.Duravoke(duravoke.DirectoryStore(sys.argv[1]))
