@@ -168,3 +168,15 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def finished(proc: subprocess.Popen[str], expect: int = 0) -> tuple[str, str]:
+    """Wait (bounded) for ``proc`` to exit with code ``expect``; its (stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"child process hung; stderr:\n{err}")
+    assert proc.returncode == expect, f"exit {proc.returncode}; stdout:\n{out}\nstderr:\n{err}"
+    return out, err

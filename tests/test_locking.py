@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import close_store
+from conftest import close_store, finished
 
 import duravoke
 
@@ -48,14 +48,7 @@ def start(spec: str, workflow_id: str, *args: object) -> subprocess.Popen[str]:
 
 def finish(proc: subprocess.Popen[str], expect: int = 0) -> str:
     """Wait for ``proc`` (bounded) and check its exit code; its stderr."""
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"locker process hung; stderr:\n{err}")
-    assert proc.returncode == expect, f"exit {proc.returncode}, stdout:\n{out}\nstderr:\n{err}"
-    return err
+    return finished(proc, expect)[1]
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import POSTGRES_DSN, make_store
+from conftest import POSTGRES_DSN, finished, make_store
 
 import duravoke
 
@@ -81,13 +81,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
 
 def finish(proc: subprocess.Popen[str], expect: int = 0) -> str:
     """Wait (bounded) for ``proc`` to exit with ``expect``; its stdout."""
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    assert proc.returncode == expect, f"exit {proc.returncode}; stdout:\n{out}\nstderr:\n{err}"
-    return out
+    return finished(proc, expect)[0]
 
 
 def define_steps(d: duravoke.Duravoke, calls: list[Any]) -> Any:
