@@ -173,11 +173,6 @@ class _FileLease(Lease):
         assert self._journal is not None, "load() first"
         return self._journal.enqueue(records)
 
-    @property
-    def fsyncs(self) -> int:
-        """How many fsyncs the journal issued (for benchmarks and tests)."""
-        return 0 if self._journal is None else self._journal.fsyncs
-
     def close(self, state: State | None) -> None:
         journal = self._journal
         try:

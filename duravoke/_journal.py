@@ -51,8 +51,6 @@ class Journal:
             self._size = os.fstat(self._fd).st_size
             self._end = end
         self._commit = GroupCommit(self._write, self._error)
-        #: fsync calls issued, for benchmarks and tests of group commit.
-        self.fsyncs = 0
 
     def append(self, records: Sequence[Record]) -> None:
         """Write ``records`` and (in fsync mode) fsync them before returning."""
@@ -101,7 +99,6 @@ class Journal:
     def _fsync(self) -> None:
         assert self._fd is not None
         os.fsync(self._fd)
-        self.fsyncs += 1
 
     def _create(self) -> None:
         header = {"format": JOURNAL_FORMAT, "version": VERSION, "workflow": self._workflow_id}

@@ -373,11 +373,6 @@ def active_workflows() -> tuple[tuple[str, str], ...]:
     return _active.get()
 
 
-def current_step() -> Step | None:
-    """The step whose body is running in this context, if any."""
-    return _current_step.get()
-
-
 def idempotency_key() -> str:
     """A string unique to the running step, the same on every re-run of that step.
 
