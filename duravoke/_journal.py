@@ -54,7 +54,7 @@ class Journal:
 
     def append(self, records: Sequence[Record]) -> None:
         """Write ``records`` and (in fsync mode) fsync them before returning."""
-        self._commit.submit(b"".join(map(journal_line, records)))
+        self.enqueue(records)()
 
     def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
         """Queue ``records``; the returned function writes (or waits for) them."""
