@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from ._errors import DuravokeError, WorkflowNotFoundError
-from ._inspect import (
+from ._info import (
     StepInfo,
     WorkflowInfo,
     forget,
@@ -30,6 +30,7 @@ from ._inspect import (
 )
 from ._serializer import JSONSerializer
 from ._store import Store
+from ._version import __version__
 
 __all__ = ["main"]
 
@@ -77,8 +78,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="duravoke",
         description="Inspect and manage the workflows that duravoke recorded.",
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"duravoke {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 

@@ -18,8 +18,10 @@ Duravoke never wraps or swallows an exception raised by your own code.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
+    "ERROR_REPR_LIMIT",
     "CorruptStateError",
     "DuravokeError",
     "OutsideStepError",
@@ -28,11 +30,34 @@ __all__ = [
     "WorkflowBusyError",
     "WorkflowError",
     "WorkflowNotFoundError",
+    "error_repr",
 ]
+
+#: The longest exception ``repr`` kept in a record, in characters.
+ERROR_REPR_LIMIT = 1000
+
+
+def error_repr(exc: BaseException) -> str:
+    """How a failure is recorded: its ``repr``, cut at :data:`ERROR_REPR_LIMIT` characters."""
+    return repr(exc)[:ERROR_REPR_LIMIT]
 
 
 class DuravokeError(Exception):
-    """Base class of every error duravoke raises on its own account."""
+    """Base class of every error duravoke raises on its own account.
+
+    Every duravoke error pickles with its attributes (a process pool or a task queue
+    sends exceptions across processes), whatever its constructor's keyword arguments.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[DuravokeError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(attrs)
+    return error
 
 
 class SerializationError(DuravokeError, TypeError):

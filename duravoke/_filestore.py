@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -21,22 +20,15 @@ import platformdirs
 
 from ._errors import CorruptStateError, StoreError
 from ._files import atomic_write, ensure_folder, read_bytes, remove, remove_leftovers
+from ._identity import check_workflow_id
 from ._journal import Journal
-from ._state import (
-    Record,
-    State,
-    apply,
-    dump_snapshot,
-    load_snapshot,
-    new_state,
-    parse_journal,
-    status_event,
-)
-from ._store import Durability, Lease, Store
+from ._logging import logger
+from ._snapshot import dump_snapshot, load_snapshot
+from ._state import Record, State, apply, new_state, parse_journal, status_event
+from ._store import Durability, Lease, Store, check_durability
 
 __all__ = ["DirectoryStore", "PersistedKKV", "default_folder"]
 
-logger = logging.getLogger("duravoke")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -54,23 +46,11 @@ def _file_stem(workflow_id: str) -> str:
     return f"{slug}.{digest}" if slug else digest
 
 
-def _check_id(workflow_id: object) -> str:
-    if not isinstance(workflow_id, str):
-        raise TypeError(f"a workflow id must be a str, not {type(workflow_id).__name__}")
-    try:
-        workflow_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"workflow id {workflow_id!r} is not valid Unicode text") from None
-    return workflow_id
-
-
 class _FileStore(Store):
     """What both file stores share; subclasses place the files and the snapshot."""
 
     def __init__(self, durability: Durability) -> None:
-        if durability not in ("fsync", "flush"):
-            raise ValueError(f"durability must be 'fsync' or 'flush', not {durability!r}")
-        self.durability: Durability = durability
+        self.durability: Durability = check_durability(durability)
 
     def _folder(self) -> Path:
         raise NotImplementedError
@@ -91,7 +71,7 @@ class _FileStore(Store):
         """Take the workflow's lock file without waiting."""
         folder = self._folder()
         ensure_folder(folder)
-        lock_path = folder / f"{_file_stem(_check_id(workflow_id))}.lock"
+        lock_path = folder / f"{_file_stem(check_workflow_id(workflow_id))}.lock"
         lock = filelock.FileLock(lock_path, mode=0o600, thread_local=False)
         try:
             lock.acquire(blocking=False)
@@ -101,7 +81,7 @@ class _FileStore(Store):
 
     def read(self, workflow_id: str) -> State | None:
         """Snapshot plus journal, without the lock (a torn last record is ignored)."""
-        return self._load(_check_id(workflow_id))[0]
+        return self._load(check_workflow_id(workflow_id))[0]
 
     def _compacts(self, journal_bytes: int) -> bool:
         """Whether finishing a run folds a journal of this size into the snapshot."""

@@ -16,7 +16,14 @@ from typing import Any
 from ._errors import SerializationError
 from ._serializer import JSONSerializer, canonical_json
 
-__all__ = ["CallIdentity", "call_key", "idempotency_key_for", "implicit_workflow_id"]
+__all__ = [
+    "CallIdentity",
+    "call_key",
+    "check_workflow_id",
+    "function_name",
+    "idempotency_key_for",
+    "implicit_workflow_id",
+]
 
 # Arguments are always encoded as JSON, whatever serializer records results: an
 # identity must be canonical and must never depend on pickle.
@@ -50,7 +57,9 @@ class CallIdentity:
         """
         if self._key is not None:
             try:
-                encoded = _ARGS.encode(self._key(*args, **kwargs), where="key(...)", canonical=True)
+                encoded = _ARGS.encode(
+                    self._call_key(args, kwargs), where="key(...)", canonical=True
+                )
             except SerializationError as exc:
                 raise SerializationError(
                     f"{self.name}(): the value returned by key= cannot identify the call: {exc}",
@@ -76,6 +85,20 @@ class CallIdentity:
             except SerializationError as exc:
                 raise self._bad_argument(param, exc) from None
         return out, canonical_json(out)
+
+    def _call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+        assert self._key is not None
+        try:
+            return self._key(*args, **kwargs)
+        except TypeError as exc:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError:
+                raise TypeError(
+                    f"{self.name}(): key= must accept the same arguments as the function, but"
+                    f" key{self._signature} cannot take this call's arguments ({exc})."
+                ) from exc
+            raise
 
     def _bad_argument(self, param: str, exc: SerializationError) -> SerializationError:
         names = ", ".join(self._signature.parameters)
@@ -107,3 +130,41 @@ def implicit_workflow_id(name: str, args_json: str) -> str:
 def idempotency_key_for(workflow_id: str, sid: str) -> str:
     """A key unique to a step's identity and the same on every re-run of it."""
     return "duravoke-" + _hash("idempotency", workflow_id, sid)
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """``workflow_id`` if it can name a workflow: a non-empty str that is valid Unicode.
+
+    Any such text is a valid id, ``../../etc/passwd`` and NUL bytes included: stores
+    never use an id as a path or a query as it is.
+
+    Raises:
+        TypeError: it is not a str.
+        ValueError: it is empty or holds a lone surrogate.
+    """
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"a workflow id must be a str, not {type(workflow_id).__name__}")
+    if not workflow_id:
+        raise ValueError("a workflow id must not be empty: name the run, e.g. 'import-2026-11-30'")
+    try:
+        workflow_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"workflow id {workflow_id!r} is not valid Unicode text") from None
+    return workflow_id
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of ``fn``: the name a step is recorded under without ``name=``.
+
+    Raises:
+        TypeError: ``fn`` has no ``__qualname__`` (a ``functools.partial``, a callable
+            object): it needs ``name=``.
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"@duravoke cannot name {fn!r}: it has no __qualname__ (a functools.partial or a"
+            " callable object). Name it: @duravoke.duravoke(name='billing.refund')."
+        )
+    return f"{module}.{qualname}"

@@ -17,30 +17,32 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+# psycopg is optional: `import duravoke` (and `from duravoke import *`) works without it,
+# and PostgresStore says what to install when it is missing.
 try:
     import psycopg
     from psycopg.pq import TransactionStatus
-except ImportError as exc:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        "duravoke.PostgresStore needs psycopg 3: install duravoke[postgres]"
-        " (pip install 'duravoke[postgres]')."
-    ) from exc
+except ImportError:  # pragma: no cover - depends on what is installed
+    psycopg = None  # type: ignore[assignment]
 
 from ._errors import CorruptStateError, StoreError
-from ._filestore import _check_id
 from ._groupcommit import GroupCommit
+from ._identity import check_workflow_id
+from ._json import compact
 from ._state import Record, State, apply, new_state
-from ._store import Durability, Lease, Store
+from ._store import Durability, Lease, Store, check_durability
+
+if TYPE_CHECKING:
+    Connection = psycopg.Connection[tuple[Any, ...]]
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -50,8 +52,6 @@ SCHEMA_VERSION = 1
 _DEFAULT_SCHEMA = "duravoke"
 _IDLE_CONNECTIONS = 4
 _CONNECT_DEFAULTS = {"connect_timeout": "10", "application_name": "duravoke"}
-
-Connection = psycopg.Connection[tuple[Any, ...]]
 
 # json, not jsonb: jsonb reorders keys, rewrites numbers (1e16 comes back an int) and
 # refuses "\u0000", while a record must come back exactly as it was written.
@@ -107,16 +107,7 @@ _VERSION = "SELECT version FROM {s}.meta"
 
 _TRY_LOCK = b"SELECT pg_try_advisory_lock(%s)"
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_encode_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ESCAPED = re.compile("%(25|00)")
-
-
-def _dumps(doc: Record) -> str:
-    text = _encode(doc)
-    # A lone surrogate cannot travel as UTF-8; escaped, json keeps it as written.
-    return text if _SURROGATE.search(text) is None else _encode_ascii(doc)
 
 
 def _db_id(workflow_id: str) -> str:
@@ -254,8 +245,11 @@ class PostgresStore(Store):
     def __init__(
         self, dsn: str, *, durability: Durability = "fsync", schema: str | None = None
     ) -> None:
-        if durability not in ("fsync", "flush"):
-            raise ValueError(f"durability must be 'fsync' or 'flush', not {durability!r}")
+        if psycopg is None:  # pragma: no cover - depends on what is installed
+            raise ImportError(
+                "duravoke.PostgresStore needs psycopg 3: install duravoke[postgres]"
+                " (pip install 'duravoke[postgres]')."
+            )
         libpq_dsn, dsn_schema = _split_schema(dsn)
         if schema is not None and dsn_schema is not None and schema != dsn_schema:
             raise ValueError(f"schema {schema!r} differs from the DSN's schema {dsn_schema!r}")
@@ -266,7 +260,7 @@ class PostgresStore(Store):
             params = psycopg.conninfo.conninfo_to_dict(libpq_dsn)
         except psycopg.Error as exc:
             raise ValueError(f"{_mask(dsn)!r} is not a Postgres DSN: {_reason(exc)}") from None
-        self.durability: Durability = durability
+        self.durability: Durability = check_durability(durability)
         self.schema = schema
         options = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}
         self._conninfo = psycopg.conninfo.make_conninfo(libpq_dsn, **options)
@@ -299,7 +293,7 @@ class PostgresStore(Store):
 
     def try_lock(self, workflow_id: str) -> Lease | None:
         """Take the workflow's advisory lock without waiting."""
-        key = _lock_key("workflow", self.schema, _check_id(workflow_id))
+        key = _lock_key("workflow", self.schema, check_workflow_id(workflow_id))
         conn, rows = self._query(f"lock workflow {workflow_id!r}", _TRY_LOCK, [key])
         if not rows[0][0]:
             self._pool.give(conn)
@@ -308,7 +302,7 @@ class PostgresStore(Store):
 
     def read(self, workflow_id: str) -> State | None:
         """The workflow's recorded state, read in one snapshot without its lock."""
-        what = f"read workflow {_check_id(workflow_id)!r}"
+        what = f"read workflow {check_workflow_id(workflow_id)!r}"
         conn, rows = self._query(what, self._load_sql, {"id": _db_id(workflow_id)})
         self._pool.give(conn)
         return self._rebuild(workflow_id, rows)
@@ -450,9 +444,9 @@ class _PostgresLease(Lease):
         header = {k: v for k, v in state.items() if k != "steps"}
         params = {
             "id": self._id,
-            "state": _dumps(header),
+            "state": compact(header),
             "sids": list(steps),
-            "records": [_dumps(r) for r in steps.values()],
+            "records": [compact(r) for r in steps.values()],
         }
         self._conn.execute(self._store._save_sql, params)
 

@@ -26,31 +26,27 @@ from typing import Any
 from ._errors import CorruptStateError
 
 __all__ = [
-    "FORMAT",
     "JOURNAL_FORMAT",
     "VERSION",
     "Record",
     "State",
     "apply",
-    "dump_snapshot",
     "journal_line",
-    "load_snapshot",
     "new_state",
     "now_iso",
     "parse_journal",
     "status_event",
 ]
 
-FORMAT = "duravoke"
 JOURNAL_FORMAT = "duravoke-journal"
 VERSION = 1
 
 Record = dict[str, Any]
 State = dict[str, Any]
 
-_STATUSES = frozenset({"running", "completed", "failed"})
+_STATUSES = frozenset({"running", "completed", "failed", "interrupted"})
 # Where each status stands within one run, to order events of the same run.
-_PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1}
+_PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1, "interrupted": 1}
 
 
 _second: tuple[int, str] = (0, "")
@@ -104,7 +100,7 @@ def apply(state: State, record: Record) -> None:
         state["error"] = None
         if state["started"] is None:
             state["started"] = record["at"]
-    elif event == "failed":
+    elif event in ("failed", "interrupted"):
         state["error"] = record.get("error")
 
 
@@ -119,64 +115,6 @@ def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> by
 # Built once: json.dumps() with options builds a new encoder on every call.
 _compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _compact_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
-_line_ascii = json.JSONEncoder(allow_nan=False).encode
-
-_BODY_MARK = b'\n "workflows": '
-
-
-def _render(workflows: dict[str, State], line: Callable[[object], str]) -> str:
-    # One line per workflow field and per step: readable, and each line is encoded by the
-    # C encoder (json.dumps(indent=...) falls back to the slow pure-Python one).
-    out = ["{"]
-    for n, (workflow_id, state) in enumerate(workflows.items()):
-        out.append(f"  {line(workflow_id)}: {{")
-        out.extend(f"   {line(k)}: {line(v)}," for k, v in state.items() if k != "steps")
-        out.append('   "steps": {')
-        steps = [f"    {line(sid)}: {line(step)}" for sid, step in state["steps"].items()]
-        if steps:
-            out.append(",\n".join(steps))
-        out.append("   }")
-        out.append("  }," if n < len(workflows) - 1 else "  }")
-    out.append(" }\n}\n")
-    return "\n".join(out)
-
-
-def dump_snapshot(workflows: dict[str, State]) -> bytes:
-    """Encode the state file, with a CRC-32 of everything after ``"workflows":``."""
-    body = _utf8(_render(workflows, _line), workflows, lambda _: _render(workflows, _line_ascii))
-    head = f'{{\n "format": "{FORMAT}",\n "version": {VERSION},\n'
-    head += f' "checksum": "crc32:{zlib.crc32(body):08x}",'
-    return head.encode("ascii") + _BODY_MARK + body
-
-
-def load_snapshot(data: bytes, path: str) -> dict[str, State]:
-    """Decode a state file, raising :class:`CorruptStateError` on any damage."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _corrupt(path, "it is not valid JSON (it was truncated or damaged)") from None
-    if not isinstance(doc, dict) or set(doc) != {"format", "version", "checksum", "workflows"}:
-        raise _corrupt(path, "it is not a duravoke state file")
-    _check_version(doc.get("format"), FORMAT, doc.get("version"), path)
-    mark = data.find(_BODY_MARK)
-    crc = zlib.crc32(data[mark + len(_BODY_MARK) :]) if mark >= 0 else None
-    workflows = doc["workflows"]
-    if not isinstance(workflows, dict) or doc["checksum"] != f"crc32:{crc:08x}":
-        raise _corrupt(path, "its checksum does not match its content (it was damaged or edited)")
-    for state in workflows.values():
-        if not _valid_state(state):
-            raise _corrupt(path, "a workflow in it has an unexpected shape")
-    return workflows
-
-
-def _valid_state(state: object) -> bool:
-    return (
-        isinstance(state, dict)
-        and isinstance(state.get("steps"), dict)
-        and state.get("status") in _STATUSES | {"new"}
-        and all(isinstance(s, dict) and "status" in s for s in state["steps"].values())
-    )
 
 
 def journal_line(record: Record) -> bytes:
@@ -225,7 +163,7 @@ def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record
 def status_event(state: State) -> Record:
     """The workflow event that brings any earlier state to ``state``'s status."""
     event: Record = {"event": state["status"], "at": state["updated"], "run": state["runs"]}
-    if state["status"] == "failed":
+    if state["status"] in ("failed", "interrupted"):
         event["error"] = state["error"]
     return event
 

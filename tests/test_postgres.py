@@ -148,8 +148,9 @@ def test_psycopg_is_imported_only_for_the_postgres_store(tmp_path: Path) -> None
         duravoke.Duravoke(duravoke.open_store(sys.argv[1]))
         assert "psycopg" not in sys.modules, "a file store imported psycopg"
         sys.modules["psycopg"] = None  # as if it were not installed
+        from duravoke import *  # works without psycopg
         try:
-            duravoke.PostgresStore
+            PostgresStore("postgresql://127.0.0.1/test")
         except ImportError as exc:
             print(exc)
     """
@@ -427,10 +428,9 @@ def test_workflow_busy_across_processes(
     code = """
         import sys
         import duravoke
-        lease = duravoke.open_store(sys.argv[1]).lock(sys.argv[2], timeout=30)
-        print("locked", flush=True)
-        sys.stdin.readline()
-        lease.close(None)
+        with duravoke.Duravoke(duravoke.open_store(sys.argv[1])).workflow(sys.argv[2]):
+            print("locked", flush=True)
+            sys.stdin.readline()
         print("released", flush=True)
     """
     child = spawn(procs, code, pg.location, "shared")

@@ -7,13 +7,14 @@ They never change a workflow's state, except :func:`forget`, which deletes it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
+from ._logging import logger
+from ._open import open_store
 from ._serializer import JSONSerializer
 from ._state import State
 from ._store import Store
@@ -34,7 +35,6 @@ Status = Literal["running", "completed", "failed", "interrupted"]
 PREVIEW_LIMIT = 60
 
 _DECODER = JSONSerializer()
-logger = logging.getLogger("duravoke")
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
@@ -106,11 +106,9 @@ def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store:
     if isinstance(store, Store):
         return store
     if store is None:
-        from . import default_instance
+        from ._duravoke import default_instance
 
         return default_instance().store
-    from ._stores import open_store
-
     return open_store(store)
 
 
@@ -164,7 +162,7 @@ def get_workflow(
     if lease is not None:
         running = False
         try:
-            if state["status"] not in ("completed", "failed"):
+            if state["status"] not in ("completed", "failed", "interrupted"):
                 # It may have finished since it was read: read it again, now that it
                 # cannot change, before calling it interrupted.
                 state = target.read(workflow_id)
