@@ -52,11 +52,12 @@ def ensure_folder(folder: Path) -> None:
         fsync_folder(p.parent)
 
 
-def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, sync: bool = True, folder: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole.
 
     Write a temporary file in the same folder, flush and fsync it, ``os.replace`` it
-    over the target, then fsync the folder. The target is never truncated in place.
+    over the target, then fsync the folder (unless ``folder`` is false: a caller that
+    replaces many files fsyncs their folder once). The target is never truncated in place.
     """
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
@@ -70,7 +71,7 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync:
+    if sync and folder:
         fsync_folder(path.parent)
 
 

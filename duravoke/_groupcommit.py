@@ -19,21 +19,29 @@ T = TypeVar("T")
 class GroupCommit(Generic[T]):
     """Calls ``write(batch)`` with everything submitted while the previous write ran.
 
-    After a write fails, every later :meth:`submit` raises ``on_error(failure)``: a
-    failed write may have left a partial record, after which nothing may be added.
+    A failed write raises ``on_error(failure)`` in every caller whose item it held. With
+    ``sticky`` (the default), every later :meth:`submit` raises it too: a failed write
+    may have left a partial record, after which nothing may be added. Without, the next
+    batch is written as usual (the writer must then recover from a partial write itself).
     """
 
     def __init__(
-        self, write: Callable[[list[T]], None], on_error: Callable[[BaseException], Exception]
+        self,
+        write: Callable[[list[T]], None],
+        on_error: Callable[[BaseException], Exception],
+        *,
+        sticky: bool = True,
     ) -> None:
         self._write = write
         self._on_error = on_error
+        self._sticky = sticky
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[T] = []
         self._queued = 0  # tickets handed out
         self._done = 0  # tickets durably written
         self._writing = False
         self._failure: BaseException | None = None
+        self._failed: list[tuple[int, int, BaseException]] = []
 
     def submit(self, item: T) -> None:
         """Queue ``item`` and return once it has been written."""
@@ -61,7 +69,7 @@ class GroupCommit(Generic[T]):
                     self._cond.wait()
                     continue
                 batch, self._queue = self._queue, []
-                upto, self._writing = self._queued, True
+                first, upto, self._writing = self._done + 1, self._queued, True
                 self._cond.release()
                 failure: BaseException | None = None
                 try:
@@ -72,7 +80,14 @@ class GroupCommit(Generic[T]):
                     self._cond.acquire()
                     self._writing = False
                     self._cond.notify_all()
-                if failure is not None:
+                if failure is not None and self._sticky:
                     self._failure = failure
                     raise self._on_error(failure) from failure
                 self._done = upto
+                if failure is not None:
+                    # Kept for the waiters of that batch; a few suffice, since they are
+                    # woken right now.
+                    self._failed = [*self._failed[-63:], (first, upto, failure)]
+            for first, upto, failure in self._failed:
+                if first <= ticket <= upto:
+                    raise self._on_error(failure) from failure

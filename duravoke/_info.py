@@ -167,7 +167,7 @@ def get_workflow(
                 # cannot change, before calling it interrupted.
                 state = target.read(workflow_id)
         finally:
-            lease.close(None)
+            lease.close()
         if state is None:
             raise _not_found(workflow_id, target)
     return _info(workflow_id, state, running)

@@ -62,13 +62,8 @@ class _MemoryLease(Lease):
             for record in records:
                 apply(state, copy.deepcopy(record))
 
-    def close(self, state: State | None) -> None:
-        try:
-            if state is not None:
-                with self._store._guard:
-                    self._store._states[self.workflow_id] = copy.deepcopy(state)
-        finally:
-            self._lock.release()
+    def close(self) -> None:
+        self._lock.release()
 
     def forget(self) -> bool:
         with self._store._guard:

@@ -458,16 +458,12 @@ class _PostgresLease(Lease):
             path=self._store.location,
         )
 
-    def close(self, state: State | None) -> None:
+    def close(self) -> None:
         conn = self._conn
         if conn.closed:  # dropped after a failure, which also ended the lock
             return
-        what = f"store the final state of workflow {self.workflow_id!r}"
+        what = f"release workflow {self.workflow_id!r}"
         with _guarded(conn, self._store, what):
-            if state is not None:
-                # Steps whose append failed are written now, as a file store's snapshot would.
-                steps = state["steps"]
-                self._save(state, {s: r for s, r in steps.items() if self._written.get(s) is not r})
             row = conn.execute(b"SELECT pg_advisory_unlock(%s)", [self._key]).fetchone()
         if row is not None and row[0]:
             self._store._pool.give(conn)

@@ -291,9 +291,8 @@ class Run:
     def finish(self, exc: BaseException | None) -> None:
         """Record how the run ended and release the lock.
 
-        A run that recorded steps is compacted: its journal is folded into the state
-        file. A run that only replayed writes nothing, unless its outcome differs from
-        the recorded one; then it appends just that to the journal.
+        A run that only replayed writes nothing, unless its outcome differs from the
+        recorded one.
         """
         event: Record = {
             "event": _outcome(exc),
@@ -304,15 +303,11 @@ class Run:
             event["error"] = error_repr(exc)
         wrote = not self.pending
         apply(self.state, event)
-        if wrote:
-            self.lease.close(self.state)
-        elif (event["event"], event.get("error")) == self.before:
-            self.lease.close(None)
-        else:
-            try:
+        try:
+            if wrote or (event["event"], event.get("error")) != self.before:
                 self.lease.append([*self.pending, event])
-            finally:
-                self.lease.close(None)
+        finally:
+            self.lease.close()
         log = logger.info if exc is None else logger.warning
         log(
             "workflow %r %s: %d steps replayed, %d executed, %d failed",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -26,19 +25,18 @@ from typing import Any
 from ._errors import CorruptStateError
 
 __all__ = [
-    "JOURNAL_FORMAT",
     "VERSION",
     "Record",
     "State",
     "apply",
-    "journal_line",
+    "apply_summary",
     "new_state",
+    "new_summary",
     "now_iso",
-    "parse_journal",
     "status_event",
+    "summarize",
 ]
 
-JOURNAL_FORMAT = "duravoke-journal"
 VERSION = 1
 
 Record = dict[str, Any]
@@ -88,6 +86,58 @@ def apply(state: State, record: Record) -> None:
         state["steps"][sid] = record
         state["updated"] = record["started"]
         return
+    if "msg" in record:
+        inbox = state.setdefault("inbox", {}).setdefault(record["msg"], [])
+        if not inbox or inbox[-1][0] < record["seq"]:
+            inbox.append([record["seq"], record["data"], record["at"]])
+        return
+    _apply_event(state, record)
+
+
+def new_summary() -> State:
+    """The summary of a workflow that has never run: its state without the steps."""
+    summary = new_state()
+    del summary["steps"]
+    summary["done"] = 0  # steps completed
+    summary["failing"] = []  # steps whose last record is a failure
+    return summary
+
+
+def apply_summary(summary: State, record: Record) -> None:
+    """Apply one record to a summary (see :func:`new_summary`) in place.
+
+    A completed step is never recorded twice, so counting completions is exact.
+    """
+    sid = record.get("sid")
+    if sid is not None:
+        failing: list[str] = summary["failing"]
+        if sid in failing:
+            failing.remove(sid)
+        if record["status"] == "completed":
+            summary["done"] += 1
+        else:
+            failing.append(sid)
+        summary["updated"] = record["started"]
+        return
+    if "msg" in record:
+        inbox = summary.setdefault("inbox", {})
+        inbox[record["msg"]] = max(inbox.get(record["msg"], 0), record["seq"])
+        return
+    _apply_event(summary, record)
+
+
+def summarize(state: State) -> State:
+    """The summary of a whole state."""
+    summary = {k: v for k, v in state.items() if k not in ("steps", "inbox")}
+    steps = state["steps"].values()
+    summary["done"] = sum(s["status"] == "completed" for s in steps)
+    summary["failing"] = [s["sid"] for s in steps if s["status"] != "completed"]
+    if state.get("inbox"):
+        summary["inbox"] = {topic: msgs[-1][0] for topic, msgs in state["inbox"].items() if msgs}
+    return summary
+
+
+def _apply_event(state: State, record: Record) -> None:
     event = record["event"]
     run = record.get("run", state["runs"])
     if (run, _PHASE[event]) < (state["runs"], _PHASE[state["status"]]):
@@ -117,79 +167,12 @@ _compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 _compact_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
-def journal_line(record: Record) -> bytes:
-    """One journal record: ``<crc32 hex> <compact JSON>\\n``."""
-    body = _utf8(_compact(record), record, _compact_ascii)
-    return b"%08x %s\n" % (zlib.crc32(body), body)
-
-
-def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record], bool, int]:
-    """Decode a journal: (its records, whether its end is torn, where its records end).
-
-    The first line is a header naming the format, version and workflow; each record is
-    a line. Zeros after the last record are space grown ahead of the records (see
-    ``_journal``) and end at the returned offset; 0 means no header was written. A
-    damaged record, or bytes other than zeros after the last record, followed by no
-    intact record is what a crash mid-write leaves: it is dropped, and reported as torn
-    so that nothing gets written after it. A damaged record followed by an intact one
-    is real corruption and raises :class:`CorruptStateError`.
-    """
-    *lines, rest = data.split(b"\n")
-    records: list[Record] = []
-    damaged = False
-    end = position = 0
-    for line in lines:
-        position += len(line) + 1
-        record = _parse_line(line)
-        if record is None:
-            damaged = True
-            continue
-        if damaged:
-            raise _corrupt(path, "a record in the middle of it is damaged")
-        records.append(record)
-        end = position
-    torn = damaged or bool(rest.strip(b"\0"))
-    if not records:
-        return [], torn, 0
-    header = records.pop(0)
-    _check_version(header.get("format"), JOURNAL_FORMAT, header.get("version"), path)
-    if header.get("workflow") != workflow_id:
-        raise _corrupt(path, f"it belongs to workflow {header.get('workflow')!r}")
-    if not all(_valid_record(r) for r in records):
-        raise _corrupt(path, "a record in it has an unexpected shape")
-    return records, torn, end
-
-
 def status_event(state: State) -> Record:
     """The workflow event that brings any earlier state to ``state``'s status."""
     event: Record = {"event": state["status"], "at": state["updated"], "run": state["runs"]}
     if state["status"] in ("failed", "interrupted"):
         event["error"] = state["error"]
     return event
-
-
-def _parse_line(line: bytes) -> Record | None:
-    if len(line) < 10 or line[8:9] != b" ":
-        return None
-    body = line[9:]
-    try:
-        if int(line[:8], 16) != zlib.crc32(body):
-            return None
-        record = json.loads(body.decode("utf-8"))
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _valid_record(record: Record) -> bool:
-    if "sid" in record:
-        return isinstance(record["sid"], str) and "status" in record and "started" in record
-    event = record.get("event")
-    return (
-        event in _STATUSES
-        and "at" in record
-        and (event != "running" or isinstance(record.get("run"), int))
-    )
 
 
 def _check_version(fmt: object, expected: str, version: object, path: str) -> None:

@@ -53,8 +53,8 @@ class Lease(abc.ABC):
         return functools.partial(self.append, records)
 
     @abc.abstractmethod
-    def close(self, state: State | None) -> None:
-        """Store ``state`` (the final state of this run) if given, and release the lock."""
+    def close(self) -> None:
+        """Release the lock (what was appended is recorded already)."""
 
     @abc.abstractmethod
     def forget(self) -> bool:
@@ -101,7 +101,7 @@ class Store(abc.ABC):
         try:
             found = lease.forget()
         finally:
-            lease.close(None)
+            lease.close()
         if not found:
             raise WorkflowNotFoundError(
                 f"no workflow {workflow_id!r} in {self.location}; `duravoke list` shows them.",

@@ -76,7 +76,7 @@ class Workflow:
                 context=self._context,
             )
         except BaseException:
-            lease.close(None)
+            lease.close()
             raise
 
     def _try_open(self) -> Run | None:

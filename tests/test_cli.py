@@ -431,6 +431,7 @@ def _damage(folder: Path, workflow_id: str) -> Path:
 def test_damaged_state_file(app: App, duravoke_home: Path) -> None:
     for workflow_id in ("good-1", "bad", "good-2"):
         app.run(workflow_id)
+    app.d.store.close()  # folds the log into the state files
     damaged = _damage(duravoke_home, "bad")
 
     proc = cli("list")
@@ -457,8 +458,13 @@ def test_damaged_persisted_kkv_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     App(duravoke.PersistedKKV(path)).run("one")
     path.write_bytes(path.read_bytes().replace(b'"completed"', b'"complete"', 1))
-    for args in (["list"], ["show", "one"], ["list", "--json"]):
-        assert_one_line_error(cli(*args, "--store", str(path)), str(path), "checksum")
+    assert_one_line_error(cli("show", "one", "--store", str(path)), str(path), "checksum")
+    for args in (["list"], ["list", "--json"]):
+        # The index still knows the workflow: it is listed as damaged, not dropped.
+        proc = cli(*args, "--store", str(path))
+        assert proc.returncode == 1
+        assert str(path) in proc.stderr
+        assert "checksum" in proc.stderr
 
 
 # --- usage ------------------------------------------------------------------------------
