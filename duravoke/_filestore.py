@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import filelock
@@ -41,6 +41,7 @@ from ._files import (
     remove,
     remove_leftovers,
 )
+from ._groupcommit import Ticket
 from ._identity import check_workflow_id
 from ._journal import read_legacy_journal
 from ._log import Entry, Log, decode_entries, read_frames
@@ -360,7 +361,6 @@ def _legacy_journal_id(path: Path) -> str | None:
 class _FileLease(Lease):
     def __init__(self, store: _FileStore, workflow_id: str, lock: filelock.BaseFileLock) -> None:
         super().__init__(workflow_id)
-        self.blocking = store.durability == "fsync"
         self._store = store
         self._lock = lock
         self._log: Log | None = None
@@ -370,12 +370,9 @@ class _FileLease(Lease):
         return self._store.read(self.workflow_id) or new_state()
 
     def append(self, records: Sequence[Record]) -> None:
-        self._enqueue(records)()
+        self.enqueue(records).wait()
 
-    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
-        return self._enqueue(records)
-
-    def _enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
+    def enqueue(self, records: Sequence[Record]) -> Ticket:
         log = self._log or self._store.log()
         entries: list[Entry] = [(self.workflow_id, r) for r in records]
         return log.enqueue(entries)

@@ -3,15 +3,23 @@
 The first caller in becomes the writer for everything queued so far; the others wait
 for it and return once their items are written. One fsync (or one transaction) then
 serves many steps, which is what makes concurrent async steps cheap.
+
+Async callers queue on the event loop and wait without blocking it: in each event loop,
+one task (the first to wait) waits for the writer in a worker thread, and the others
+wait for that task, so a batch costs one thread hand-off, not one per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["GroupCommit"]
+import anyio
+from anyio.lowlevel import RunVar
+
+__all__ = ["Done", "GroupCommit", "Ticket", "Waitable"]
 
 T = TypeVar("T")
 
@@ -42,6 +50,18 @@ class GroupCommit(Generic[T]):
         self._writing = False
         self._failure: BaseException | None = None
         self._failed: list[tuple[int, int, BaseException]] = []
+
+    def ticket(self, item: T) -> Ticket:
+        """Queue ``item``; the ticket waits for it to be written (sync or async)."""
+        return Ticket(self, self.enqueue(item))
+
+    def queued(self) -> int:
+        """The ticket of the last item queued."""
+        return self._queued
+
+    def done(self, ticket: int) -> bool:
+        """Whether the item of ``ticket`` was written (or its write failed)."""
+        return self._done >= ticket or self._failure is not None
 
     def submit(self, item: T) -> None:
         """Queue ``item`` and return once it has been written."""
@@ -91,3 +111,69 @@ class GroupCommit(Generic[T]):
             for first, upto, failure in self._failed:
                 if first <= ticket <= upto:
                     raise self._on_error(failure) from failure
+
+
+class Waitable(Protocol):
+    """Records queued for writing: wait until they are durable."""
+
+    def wait(self) -> None:
+        """Block until the records are durable."""
+
+    async def wait_async(self) -> None:
+        """Wait until the records are durable, without blocking the event loop."""
+
+
+class Done:
+    """Records that were durable as soon as they were queued (an in-memory store)."""
+
+    def wait(self) -> None:
+        """Nothing to wait for."""
+
+    async def wait_async(self) -> None:
+        """Nothing to wait for."""
+
+
+# Per event loop: the task that waits for the writer in a worker thread right now, as an
+# event the other tasks of that loop wait on.
+_flushing: RunVar[dict[int, anyio.Event]] = RunVar("duravoke_flushing")
+
+
+class Ticket:
+    """An item queued in a :class:`GroupCommit`; wait for it with :meth:`wait` or
+    :meth:`wait_async`."""
+
+    __slots__ = ("_commit", "_number")
+
+    def __init__(self, commit: GroupCommit[Any], number: int) -> None:
+        self._commit = commit
+        self._number = number
+
+    def wait(self) -> None:
+        """Block until the item is written; raise if its write failed."""
+        self._commit.wait(self._number)
+
+    async def wait_async(self) -> None:
+        """Wait until the item is written without blocking the event loop."""
+        commit, number = self._commit, self._number
+        try:
+            flushing = _flushing.get()
+        except LookupError:
+            flushing = {}
+            _flushing.set(flushing)
+        key = id(commit)
+        while not commit.done(number):
+            event = flushing.get(key)
+            if event is not None:
+                await event.wait()
+                continue
+            event = flushing[key] = anyio.Event()
+            try:
+                # Everything queued so far, this loop's other tasks' items included. A
+                # failure of other items' batch is theirs to raise, below.
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(commit.wait, commit.queued())
+            finally:
+                del flushing[key]
+                event.set()
+            break
+        commit.wait(number)  # done: returns, or raises the failure of its batch

@@ -42,7 +42,7 @@ import filelock
 
 from ._errors import CorruptStateError, StoreError
 from ._files import fsync_folder
-from ._groupcommit import GroupCommit
+from ._groupcommit import GroupCommit, Ticket
 from ._json import compact_bytes
 from ._state import Record, State, apply_summary, new_summary
 
@@ -150,6 +150,7 @@ class _Segment:
     path: Path
     end: int = 0  # where the frames read so far end
     frames: int = 0
+    torn: bool = False  # bytes other than zeros follow the last intact frame
 
 
 @dataclass
@@ -284,7 +285,7 @@ class Log:
             data = _read_used(segment.path, segment.end)
             if not data:
                 continue
-            frames, end, _torn = read_frames(data, 0, str(segment.path))
+            frames, end, segment.torn = read_frames(data, 0, str(segment.path))
             for offset, payload in frames:
                 if offset == 0 and segment.end == 0:
                     continue  # the segment's header frame
@@ -303,10 +304,9 @@ class Log:
         """Append ``entries`` in one frame with whatever else is queued; durable on return."""
         self._commit.submit(entries)
 
-    def enqueue(self, entries: list[Entry]) -> Callable[[], None]:
-        """Queue ``entries``; the returned function writes (or waits for) them."""
-        ticket = self._commit.enqueue(entries)
-        return lambda: self._commit.wait(ticket)
+    def enqueue(self, entries: list[Entry]) -> Ticket:
+        """Queue ``entries``; wait on the ticket for them to be durable."""
+        return self._commit.ticket(entries)
 
     def active_size(self) -> int:
         """How far the active segment's frames reach, as this process knows it (0 while
@@ -348,21 +348,18 @@ class Log:
         """The active segment, open for writing at its end; a new one after damage."""
         numbers = self.segment_numbers()
         newest = numbers[-1] if numbers else 0
-        if self._active is not None and self._active.number == newest:
-            return self._active
+        segment = view.segments.get(newest) if newest > view.covers else None
+        if segment is not None and segment is self._active and self._fd is not None:
+            return segment
         if self._fd is not None:
             os.close(self._fd)
             self._fd, self._active = None, None
-        if newest > view.covers:
-            segment = view.segments[newest]
-            data = _read(segment.path)
-            _frames, end, torn = read_frames(data, 0, str(segment.path))
-            if not torn and end == segment.end:
-                self._fd = os.open(segment.path, os.O_WRONLY)
-                self._size = os.fstat(self._fd).st_size
-                self._active, self._synced = segment, 0
-                return segment
-            # A crash tore its end: nothing is ever written after damage.
+        if segment is not None and not segment.torn:
+            self._fd = os.open(segment.path, os.O_WRONLY)
+            self._size = os.fstat(self._fd).st_size
+            self._active, self._synced = segment, 0
+            return segment
+        # None yet, or a crash tore its end: nothing is ever written after damage.
         return self.rotate(view, newest + 1)
 
     def rotate(self, view: View, number: int) -> _Segment:
@@ -386,6 +383,10 @@ class Log:
     def _put(self, segment: _Segment, data: bytes) -> None:
         assert self._fd is not None
         need = segment.end + len(data)
+        if need > self._size:
+            # Another process may have grown the file (and written beyond our idea of its
+            # size): zeros go only past its real end.
+            self._size = max(self._size, os.fstat(self._fd).st_size)
         if need > self._size:
             size = max(need, self._size + min(max(self._size, _FIRST_CHUNK), _MAX_CHUNK))
             zeros = bytes(min(size - self._size, _MAX_CHUNK))

@@ -6,6 +6,7 @@ import copy
 import threading
 from collections.abc import Sequence
 
+from ._groupcommit import Done, Waitable
 from ._state import Record, State, apply, new_state
 from ._store import Lease, Store
 
@@ -55,6 +56,10 @@ class _MemoryLease(Lease):
 
     def load(self) -> State:
         return self._store.read(self.workflow_id) or new_state()
+
+    def enqueue(self, records: Sequence[Record]) -> Waitable:
+        self.append(records)
+        return Done()
 
     def append(self, records: Sequence[Record]) -> None:
         with self._store._guard:

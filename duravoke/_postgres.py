@@ -15,13 +15,12 @@ transaction (group commit).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -35,7 +34,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     psycopg = None  # type: ignore[assignment]
 
 from ._errors import CorruptStateError, StoreError
-from ._groupcommit import GroupCommit
+from ._groupcommit import GroupCommit, Ticket
 from ._identity import check_workflow_id
 from ._json import compact
 from ._state import Record, State, apply, new_state
@@ -400,8 +399,6 @@ class PostgresStore(Store):
 
 
 class _PostgresLease(Lease):
-    blocking = True
-
     def __init__(self, store: PostgresStore, workflow_id: str, conn: Connection, key: int) -> None:
         super().__init__(workflow_id)
         self._store = store
@@ -425,8 +422,8 @@ class _PostgresLease(Lease):
     def append(self, records: Sequence[Record]) -> None:
         self._commit.submit(records)
 
-    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
-        return functools.partial(self._commit.wait, self._commit.enqueue(records))
+    def enqueue(self, records: Sequence[Record]) -> Ticket:
+        return self._commit.ticket(records)
 
     def _write(self, batch: list[Sequence[Record]]) -> None:
         steps: dict[str, Record] = {}

@@ -17,8 +17,6 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ._context import Context
 from ._errors import CorruptStateError, SerializationError, error_repr
 from ._identity import ARGS_PREVIEW_LIMIT, CallIdentity, call_key
@@ -280,13 +278,9 @@ class Run:
 
     async def arecord(self, record: Record) -> None:
         """Append a step record durably without blocking the event loop."""
-        # Queued here, on the event loop, in call order; written in a worker thread, where
-        # one write and one fsync serve every task that queued meanwhile (group commit).
-        durable = self.lease.enqueue(self._stage(record))
-        if self.lease.blocking:
-            await anyio.to_thread.run_sync(durable)
-        else:
-            durable()
+        # Queued here, on the event loop, in call order; every task that queued meanwhile
+        # shares the write (group commit), waited for in one worker thread per batch.
+        await self.lease.enqueue(self._stage(record)).wait_async()
 
     def finish(self, exc: BaseException | None) -> None:
         """Record how the run ended and release the lock.

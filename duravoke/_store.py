@@ -10,11 +10,11 @@ one place for all of them.
 from __future__ import annotations
 
 import abc
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 from ._errors import WorkflowBusyError, WorkflowNotFoundError
+from ._groupcommit import Waitable
 from ._state import Record, State
 
 __all__ = ["Durability", "Lease", "Store", "check_durability"]
@@ -24,9 +24,6 @@ Durability = Literal["fsync", "flush"]
 
 class Lease(abc.ABC):
     """The right to run one workflow, and the way to its state. Not reentrant."""
-
-    #: Whether :meth:`append` may block on disk (async callers then use a worker thread).
-    blocking: bool = False
 
     def __init__(self, workflow_id: str) -> None:
         self.workflow_id = workflow_id
@@ -43,14 +40,13 @@ class Lease(abc.ABC):
         write and one fsync (group commit).
         """
 
-    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
-        """Queue ``records`` without blocking; call the returned function to make them durable.
+    @abc.abstractmethod
+    def enqueue(self, records: Sequence[Record]) -> Waitable:
+        """Queue ``records`` without blocking; wait on the result to make them durable.
 
-        The order of enqueue calls is the order of the records. Stores with group commit
-        override this so that many tasks queue first and share one write; by default the
-        returned function simply calls :meth:`append`.
+        The order of enqueue calls is the order of the records. Many tasks queue first
+        and then share one write (group commit).
         """
-        return functools.partial(self.append, records)
 
     @abc.abstractmethod
     def close(self) -> None:

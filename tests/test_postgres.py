@@ -391,7 +391,7 @@ def test_forget_read_and_workflow_ids(pg: duravoke.PostgresStore) -> None:
         assert state is not None
         assert state["status"] == "completed"
     finally:
-        lease.close(None)
+        lease.close()
     pg.forget("a")
     assert pg.workflow_ids() == ["c"]
 
@@ -415,7 +415,7 @@ def test_a_damaged_row_raises_corrupt_state_and_other_workflows_work(
     # The damaged workflow was not locked for good by the failed attempt.
     lease = pg.try_lock("bad")
     assert lease is not None
-    lease.close(None)
+    lease.close()
 
 
 # ------------------------------------------------------------------------------- locking
@@ -460,10 +460,10 @@ def test_the_same_id_in_two_schemas_does_not_collide(tmp_path: Path) -> None:
     try:
         second = two.try_lock("same")
         assert second is not None
-        second.close(None)
+        second.close()
         assert one.try_lock("same") is None
     finally:
-        first.close(None)
+        first.close()
 
 
 CRASHER = """
