@@ -36,8 +36,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import POSTGRES_DSN, POSTGRES_SCHEMA_PREFIX
+from psycopg import sql
 
 import duravoke
 
@@ -320,14 +322,24 @@ def run(tmp_path: Path, seed: int) -> Iterator[Run]:
                 worker.proc.wait(timeout=30)
         with kombu.Connection(BROKER) as conn:
             conn.default_channel.queue_delete(value.queue)
-        import psycopg
-        from psycopg import sql
-
         with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
             for name in (value.schema, value.payments_schema):
                 conn.execute(
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name))
                 )
+
+
+def test_import_duravoke_never_imports_celery() -> None:
+    """Celery is the example's dependency, not duravoke's."""
+    code = "import sys, duravoke; print(sorted(m for m in sys.modules if 'celery' in m))"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_celery_workers_killed_at_random_finish_every_order_once(run: Run) -> None:
@@ -407,7 +419,7 @@ def check_outcome(
 
     assert sorted(store.workflow_ids()) == sorted(f"order-{o}" for o in range(ORDERS)), where
     decode = duravoke.JSONSerializer().decode
-    recorded_charges: dict[int, str] = {}
+    recorded_charges: dict[int, object] = {}
     for order in range(ORDERS):
         state = store.read(f"order-{order}")
         assert state is not None, f"order {order}: {where}"
@@ -418,9 +430,6 @@ def check_outcome(
         assert all(s["status"] == "completed" for s in steps), f"order {order}: {steps}: {where}"
         (charge,) = (s for s in steps if s["fn"].endswith(".charge_card"))
         recorded_charges[order] = decode(charge["result"])
-
-    import psycopg
-    from psycopg import sql
 
     with psycopg.connect(POSTGRES_DSN) as conn:
         schema = sql.Identifier(run.payments_schema)
