@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -401,6 +402,7 @@ def test_celery_workers_killed_at_random_finish_every_order_once(run: Run) -> No
         check_outcome(run, store, kinds, duplicated, ran)
     finally:
         store.close()
+        client.close()
 
 
 def check_outcome(
@@ -463,6 +465,13 @@ def check_outcome(
         f" {found.busy} deliveries found their workflow busy and retried later"
     )
     assert kills >= min(KILLS, 10), f"only {dict(kinds)} kills: {where}"
-    assert found.kills_inside >= 1, f"no kill hit a running workflow: {where}"
+    # Pool processes are chosen among those inside a workflow, so most kills land there.
+    assert found.kills_inside >= min(KILLS, 10) // 2, f"few kills hit a workflow: {where}"
     # The duplicates really were consumed at once, so the lock had something to do.
     assert overlapping, f"no duplicate was delivered twice at once: {where}"
+    if request_count == len(charges):
+        warnings.warn(
+            "no kill landed between a charge and its record, so no payment was repeated"
+            f" and the idempotency key went unexercised this time: {where}",
+            stacklevel=1,
+        )
