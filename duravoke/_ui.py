@@ -576,6 +576,7 @@ class _RefusedError(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     server: UIServer
+    _raw = b""
     server_version = "duravoke-ui"
     sys_version = ""
     protocol_version = "HTTP/1.1"
@@ -601,6 +602,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: Callable[[list[str], dict[str, list[str]]], None]) -> None:
         try:
+            self._raw = self._read_body()
             if not self.server.host_allowed(self.headers.get("Host", "")):
                 raise _RefusedError(
                     HTTPStatus.FORBIDDEN, "this server answers to its own address only"
@@ -737,19 +739,25 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get_content_type() != "application/json":
             raise _RefusedError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send JSON")
 
-    def _body(self) -> dict[str, Any]:
+    def _read_body(self) -> bytes:
+        """The request's body, read before anything is refused: on a kept-alive connection
+        an unread body would be taken for the next request."""
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            raise _RefusedError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from None
+            length = -1
         if not 0 <= length <= _BODY_MAX:
-            raise _RefusedError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "too large")
+            self.close_connection = True
+            raise _RefusedError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "a body of 0 to 1 MB")
+        return self.rfile.read(length) if length else b""
+
+    def _body(self) -> dict[str, Any]:
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(self._raw or b"{}")
         except ValueError:
             raise _RefusedError(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
         if not isinstance(body, dict):
-            raise _RefusedError(HTTPStatus.BAD_REQUEST, "the body is a JSON object")
+            raise _RefusedError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         return body
 
     # --- answering ---------------------------------------------------------------------

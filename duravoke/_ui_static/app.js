@@ -25,6 +25,11 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// replaceChildren, skipping the nulls that optional parts leave.
+function put(node, ...children) {
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 // Control, format (bidi overrides such as U+202E) and line-separator characters are shown
 // as escapes, as the CLI does, so an id cannot reorder or break the text around it.
 const INVISIBLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
@@ -96,7 +101,7 @@ async function api(path, options) {
 function setLive(text) { document.getElementById("live").textContent = text; }
 function setStore(location) {
   const node = document.getElementById("store");
-  node.replaceChildren(el("bdi", {}, visible(location || "")));
+  put(node, el("bdi", {}, visible(location || "")));
 }
 
 // --- routing --------------------------------------------------------------------------
@@ -148,7 +153,7 @@ function showList(main, state) {
   });
   const chips = el("div", { class: "chips", role: "group", "aria-label": "Filter by status" });
   const results = el("div", { id: "results" });
-  main.replaceChildren(
+  put(main, 
     el("h1", {}, "Workflows"),
     el("div", { class: "filters" }, chips, search),
     results,
@@ -176,7 +181,7 @@ async function loadList(v) {
   try {
     data = await api("/api/workflows?" + params);
   } catch (error) {
-    v.results.replaceChildren(el("p", { class: "error", role: "alert" }, "Could not read the store: " + error.message));
+    put(v.results, el("p", { class: "error", role: "alert" }, "Could not read the store: " + error.message));
     schedule(() => loadList(v));
     return;
   }
@@ -205,7 +210,7 @@ function renderChips(v, data) {
   if (state.status && !(state.status in data.counts)) chips.push(chip(state.status, visible(state.status), 0));
   // Keep keyboard focus on the chip it was on when the chips are rebuilt.
   const focused = document.activeElement && v.chips.contains(document.activeElement) ? [...v.chips.children].indexOf(document.activeElement) : -1;
-  v.chips.replaceChildren(...chips);
+  put(v.chips, ...chips);
   if (focused >= 0 && v.chips.children[focused]) v.chips.children[focused].focus();
 }
 
@@ -213,7 +218,7 @@ function renderRows(v, data) {
   const { state } = v;
   if (!data.rows.length) {
     const none = data.total === 0 && !state.q && !state.status;
-    v.results.replaceChildren(el("p", { class: "empty" }, none ? "No workflows recorded in this store yet." : "No workflow matches."));
+    put(v.results, el("p", { class: "empty" }, none ? "No workflows recorded in this store yet." : "No workflow matches."));
     return;
   }
   const rows = data.rows.map((w) => {
@@ -237,7 +242,7 @@ function renderRows(v, data) {
   const first = data.offset + 1;
   const last = data.offset + data.rows.length;
   const go = (page) => { state.page = page; location.hash = listHash(state); };
-  v.results.replaceChildren(
+  put(v.results, 
     el("table", { class: "list" },
       el("caption", { class: "skip" }, "Workflows, most recently updated first"),
       el("colgroup", {}, el("col", {}), el("col", { class: "col-status" }), el("col", { class: "col-steps" }),
@@ -257,7 +262,7 @@ function renderRows(v, data) {
 function showWorkflow(main, key) {
   document.title = "duravoke: workflow";
   const body = el("div", {}, el("p", { class: "note" }, "Loading\u2026"));
-  main.replaceChildren(el("a", { class: "back", href: "#/" }, "\u2190 All workflows"), body);
+  put(main, el("a", { class: "back", href: "#/" }, "\u2190 All workflows"), body);
   view = { name: "workflow", key, body, last: "", open: new Set(), showAll: false };
   loadWorkflow(view);
 }
@@ -268,7 +273,7 @@ async function loadWorkflow(v) {
     w = await api("/api/workflows/" + v.key);
   } catch (error) {
     if (view !== v) return;
-    v.body.replaceChildren(el("p", { class: "error", role: "alert" },
+    put(v.body, el("p", { class: "error", role: "alert" },
       error.status === 404 ? "No such workflow in this store (it may have been forgotten)." : "Could not read it: " + error.message));
     return;
   }
@@ -307,7 +312,7 @@ function renderWorkflow(v, w) {
   const message = el("div", { class: "message", role: "status" });
   const actions = el("div", { class: "actions" },
     w.actions.map((a) => el("button", { type: "button", class: a.name === "forget" ? "danger" : "", onclick: () => act(v, w, a, message) }, a.label)));
-  v.body.replaceChildren(title, full, facts, actions, message, runsSection(w), timelineSection(v, w));
+  put(v.body, title, full, facts, actions, message, runsSection(w), timelineSection(v, w));
 }
 
 function runsSection(w) {
@@ -516,15 +521,15 @@ async function fillStep(v, w, s, box) {
     if (value !== null) fact(visible(name), visible(typeof value === "string" ? value : JSON.stringify(value)));
   }
   const content = el("div", {}, el("p", { class: "note" }, "Loading\u2026"));
-  box.replaceChildren(facts, content);
+  put(box, facts, content);
   let d;
   try {
     d = await api(`/api/workflows/${v.key}/steps/${encodeURIComponent(s.sid)}`);
   } catch (error) {
-    content.replaceChildren(el("p", { class: "error" }, "Could not read the step: " + error.message));
+    put(content, el("p", { class: "error" }, "Could not read the step: " + error.message));
     return;
   }
-  content.replaceChildren(
+  put(content, 
     el("h3", {}, "Arguments"),
     d.args === null ? el("p", { class: "note" }, "Not recorded (too long, or none).") : el("pre", {}, d.args),
     s.status === "completed" ? el("h3", {}, "Result") : null,
@@ -554,7 +559,7 @@ function ask(question, fields) {
     inputs[f.name] = { input, kind: f.kind };
     return el("div", {}, el("label", { for: id }, f.name + (f.kind === "json" ? " (JSON)" : "")), input);
   });
-  document.getElementById("ask-fields").replaceChildren(...boxes);
+  put(document.getElementById("ask-fields"), ...boxes);
   return new Promise((resolve) => {
     const done = (value) => {
       ok.onclick = cancel.onclick = dialog.oncancel = null;
@@ -581,7 +586,7 @@ async function act(v, w, action, message) {
   const name = shorten(visible(w.id), 200);
   const values = await ask(action.confirm.replace("{id}", "\u201c" + name + "\u201d"), action.fields);
   if (values === null) return;
-  message.replaceChildren(el("p", { class: "note" }, action.label + "\u2026"));
+  put(message, el("p", { class: "note" }, action.label + "\u2026"));
   try {
     const result = await api(`/api/workflows/${v.key}/${action.name}`, {
       method: "POST",
@@ -593,11 +598,11 @@ async function act(v, w, action, message) {
       setLive("Forgot " + shorten(name, 60) + ". " + result.message);
       return;
     }
-    message.replaceChildren(el("p", {}, result.message));
+    put(message, el("p", {}, result.message));
     v.last = "";
     loadWorkflow(v);
   } catch (error) {
-    message.replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
+    put(message, el("p", { class: "error", role: "alert" }, error.message));
   }
 }
 
