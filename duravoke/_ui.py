@@ -162,7 +162,8 @@ class _Scan:
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards the fields below, held briefly
+        self.scanning = threading.Lock()  # held while the store is read
         self.rows: list[_Row] = []
         self.by_key: dict[str, _Row] = {}
         self.at = -math.inf  # time.monotonic() of the scan
@@ -170,7 +171,8 @@ class _Scan:
         self.cost = 0.0
 
     def fresh_enough(self) -> bool:
-        return time.monotonic() - self.at < max(2.0, 5 * self.cost)
+        with self.lock:
+            return time.monotonic() - self.at < max(2.0, 5 * self.cost)
 
 
 _scans: weakref.WeakKeyDictionary[Store, _Scan] = weakref.WeakKeyDictionary()
@@ -202,14 +204,19 @@ def _page_of_workflows(
         fresh: read the store now even if the last scan is recent (after an action).
     """
     scan = _scan_of(store)
-    with scan.lock:
+    # One scan at a time; while it runs, a workflow's page (which needs only `lock`)
+    # still opens at once.
+    with scan.scanning:
         if fresh or not scan.fresh_enough():
             t0 = time.monotonic()
-            scan.rows = _read_all(store)
-            scan.by_key = {row.key: row for row in scan.rows}
-            scan.at = time.monotonic()
-            scan.cost = scan.at - t0
-            scan.wall = time.time()
+            rows = _read_all(store)
+            with scan.lock:
+                scan.rows = rows
+                scan.by_key = {row.key: row for row in rows}
+                scan.at = time.monotonic()
+                scan.cost = scan.at - t0
+                scan.wall = time.time()
+    with scan.lock:
         rows, wall = scan.rows, scan.wall
     needle = query.casefold()
     matching = [r for r in rows if needle in (r.id or r.path or "").casefold()] if query else rows

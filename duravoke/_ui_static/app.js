@@ -152,7 +152,7 @@ function showList(main, state) {
     value: state.q, autocomplete: "off", spellcheck: "false",
   });
   const chips = el("div", { class: "chips", role: "group", "aria-label": "Filter by status" });
-  const results = el("div", { id: "results" });
+  const results = el("div", { id: "results" }, el("p", { class: "note" }, "Reading the store\u2026"));
   put(main, 
     el("h1", {}, "Workflows"),
     el("div", { class: "filters" }, chips, search),
