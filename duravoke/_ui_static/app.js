@@ -474,8 +474,8 @@ function timelineSection(v, w) {
   }
   const ticks = axis ? el("span", { class: "ticks" },
     el("span", { class: "tick first" }, when(new Date(axis.start).toISOString())),
-    ...axis.breaks.map((b) => { const t = el("span", { class: "tick" }, "+" + seconds(b.gap / 1000)); t.style.left = b.pct + "%"; return t; }),
-    (() => { const t = el("span", { class: "tick last" }, seconds((axis.end - axis.start) / 1000)); t.style.left = "100%"; return t; })()) : el("span");
+    ...axis.breaks.map((b) => { const t = el("span", { class: "tick" }, seconds(b.gap / 1000) + " idle"); t.style.left = b.pct + "%"; return t; }),
+    (() => { const t = el("span", { class: "tick last" }, seconds((axis.end - axis.start) / 1000) + " in all"); t.style.left = "100%"; return t; })()) : el("span");
   const legend = el("div", { class: "legend" },
     el("span", {}, el("span", { class: "sw st-completed", "aria-hidden": "true" }), "completed"),
     el("span", {}, el("span", { class: "sw st-failed", "aria-hidden": "true" }), "failed (runs again)"),
