@@ -133,7 +133,7 @@ def main() -> None:
             page.set_viewport_size({"width": 1280, "height": 900})
             page.goto(f"{server.url}#/w/{workflow_key('newsletter-2026-11')}")
             page.locator(".trow").first.wait_for()
-            page.locator(".trow", has_text="send_email(email=\"linus").click()
+            page.locator(".trow", has_text='send_email(email="linus').click()
             page.locator(".stepinfo:not([hidden]) pre").nth(1).wait_for()
             page.locator("h2", has_text="Runs").scroll_into_view_if_needed()
             page.screenshot(path=str(HERE / "ui-timeline.png"), full_page=True)
