@@ -786,3 +786,62 @@ def test_refused_bodies_do_not_leak_into_the_next_request(
     conn.request("POST", "/api/workflows/x/forget", b"", {**headers, "Content-Length": "9" * 9})
     assert conn.getresponse().status == 413
     conn.close()
+
+
+def _record_two_runs(store: duravoke.Store, workflow_id: str) -> None:
+    """Record, through the store's own API, a workflow whose steps say which run did them.
+
+    The engine will write ``"run"`` into step records; until it does, this is what it will
+    look like: run 1 did ``fetch`` and stopped, run 2 (an hour later) did ``publish``.
+    """
+
+    def step(sid: str, fn: str, started: str, run: int) -> dict[str, Any]:
+        return {
+            "sid": sid,
+            "parent": None,
+            "path": [],
+            "fn": fn,
+            "occ": 0,
+            "status": "completed",
+            "started": started,
+            "duration": 0.25,
+            "args": {"x": 1},
+            "result": {"ok": run},
+            "run": run,
+        }
+
+    lease = store.lock(workflow_id, timeout=10)
+    try:
+        lease.load()
+        lease.append(
+            [
+                {"event": "running", "at": "2026-11-01T10:00:00+00:00", "run": 1},
+                step("a" * 32 + ":0", "app.fetch", "2026-11-01T10:00:00.100000+00:00", 1),
+                {"event": "running", "at": "2026-11-01T11:00:00+00:00", "run": 2},
+                step("b" * 32 + ":0", "app.publish", "2026-11-01T11:00:00.100000+00:00", 2),
+                {"event": "completed", "at": "2026-11-01T11:00:01+00:00", "run": 2},
+            ]
+        )
+    finally:
+        lease.close(None)
+
+
+def test_browser_shows_which_run_executed_a_step(
+    app: App, serve: Callable[[duravoke.Store], UIServer], page: Any
+) -> None:
+    _record_two_runs(app.store, "two-runs")
+    server = serve(app.store)
+    w = Client(server).get(f"/api/workflows/{workflow_key('two-runs')}")
+    assert (w["status"], w["runs"]) == ("completed", 2)
+    assert [(s["function"], s["run"]) for s in w["steps"]] == [("app.fetch", 1), ("app.publish", 2)]
+    page.goto(f"{server.url}#/w/{workflow_key('two-runs')}")
+    page.locator(".trow").first.wait_for()
+    assert page.locator(".trow .runtag").all_inner_texts() == ["run 1", "run 2"]
+    # Executed in run 1 and replayed since: hatched; run 2's own step: plain.
+    assert page.locator(".trow .bar.earlier").count() == 1
+    assert "app.fetch" in page.locator(".trow", has=page.locator(".bar.earlier")).inner_text()
+    runs = page.locator("table.runs tbody tr").all_inner_texts()
+    assert len(runs) == 2
+    assert runs[1].split("\t")[:3] == ["2", "1", "1"]  # run 2: executed 1, could replay 1
+    # The hour between the runs is drawn as a break, labelled with its real length.
+    assert page.locator(".axis .tick", has_text="idle").inner_text() == "1 h 0 min idle"

@@ -79,9 +79,13 @@ function seconds(s) {
   if (s < 0.001) return (s * 1e6).toFixed(0) + " \u00b5s";
   if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 2 : 1) + " ms";
   if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
-  if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
-  if (s < 86400) return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
-  return Math.floor(s / 86400) + " d " + Math.round((s % 86400) / 3600) + " h";
+  // Round first, then split, so that 59.8 s never reads "0 min 60 s".
+  const secs = Math.round(s);
+  if (secs < 3600) return Math.floor(secs / 60) + " min " + (secs % 60) + " s";
+  const mins = Math.round(s / 60);
+  if (mins < 1440) return Math.floor(mins / 60) + " h " + (mins % 60) + " min";
+  const hours = Math.round(s / 3600);
+  return Math.floor(hours / 24) + " d " + (hours % 24) + " h";
 }
 
 function plural(n, word) { return `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`; }
@@ -327,7 +331,7 @@ function runsSection(w) {
     if (!isNaN(t0)) { r.start = Math.min(r.start, t0); r.end = Math.max(r.end, t0 + s.duration * 1000); }
     byRun.set(s.run, r);
   }
-  const outcome = (run) => (run === w.runs ? visible(w.status) + (w.error ? ": " + visible(shorten(w.error, 200)) : "") : "did not finish, or finished and was run again (not recorded)");
+  const outcome = (run) => (run === w.runs ? visible(w.status) + (w.error ? ": " + visible(shorten(w.error, 200)) : "") : "ended (how is not recorded)");
   if (!byRun.size) {
     return el("section", {}, el("h2", {}, "Runs"),
       el("p", {}, `${plural(w.runs, "run")}; the last one: `, badge(w.status), w.error ? el("span", { class: "error" }, " " + visible(shorten(w.error, 300))) : null),
