@@ -632,9 +632,17 @@ def test_browser_hostile_ids_are_text(
     for workflow_id in HOSTILE.values():
         app.run(workflow_id, 1)
     app.fail("bad result", why='<img src=x onerror="window.__pwned = 3">')
+    evil = '<img src=x onerror="window.__pwned = 4">'
+
+    @app.d.duravoke(name=evil)
+    def hostile_step(arg: str) -> dict[str, str]:
+        return {evil: evil}
+
+    with app.d.workflow("hostile steps"):
+        hostile_step(evil)
     server = serve(app.store)
     page.goto(server.url)
-    page.locator("table.list tbody tr").nth(len(HOSTILE)).wait_for()
+    page.locator("table.list tbody tr").nth(len(HOSTILE) + 1).wait_for()
     links = page.locator("table.list a").all_inner_texts()
     assert HOSTILE["script"] in links
     assert HOSTILE["img"] in links
@@ -658,6 +666,12 @@ def test_browser_hostile_ids_are_text(
     page.goto(f"{server.url}#/w/{workflow_key('bad result')}")
     page.locator(".error").first.wait_for()
     assert '<img src=x onerror="window.__pwned = 3">' in page.locator("dl.facts").inner_text()
+    page.goto(f"{server.url}#/w/{workflow_key('hostile steps')}")
+    page.locator(".trow").first.click()
+    result = page.locator(".stepinfo:not([hidden]) pre").nth(1)
+    result.wait_for()
+    assert json.loads(result.inner_text()) == {evil: evil}
+    assert page.locator(".trow .name").inner_text().startswith(evil + "(arg=")
     page.goto(f"{server.url}#/?q=%3C")
     page.locator("table.list tbody tr").first.wait_for()
     assert page.evaluate("window.__pwned") is None
