@@ -744,13 +744,14 @@ def test_browser_phone_width(
     app.run(HOSTILE["huge"], 3)
     app.run("a-workflow-with-a-rather-long-name-that-should-wrap-somewhere", 3)
     app.fail("failing")
+    _record_two_runs(app.store, "two-runs")
     server = serve(app.store)
     page.set_viewport_size({"width": 390, "height": 844})
     overflow = "document.documentElement.scrollWidth - window.innerWidth"
     page.goto(server.url)
     page.locator("table.list tbody tr").first.wait_for()
     assert page.evaluate(overflow) <= 0
-    for workflow_id in (HOSTILE["huge"], "failing"):
+    for workflow_id in (HOSTILE["huge"], "failing", "two-runs"):
         page.goto(f"{server.url}#/w/{workflow_key(workflow_id)}")
         page.locator(".trow").first.wait_for()
         page.locator(".trow").first.click()

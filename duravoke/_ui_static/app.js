@@ -349,9 +349,9 @@ function runsSection(w) {
       el("td", { class: "wrap" }, outcome(run))));
   }
   return el("section", {}, el("h2", {}, "Runs"),
-    el("table", { class: "runs" },
+    el("div", { class: "scroll" }, el("table", { class: "runs" },
       el("thead", {}, el("tr", {}, ...["Run", "Executed", "Could replay", "First step", "Outcome"].map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, rows)));
+      el("tbody", {}, rows))));
 }
 
 // Steps in tree order: children under their caller, a caller without a record (it was
