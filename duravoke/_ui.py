@@ -231,11 +231,11 @@ def _page_of_workflows(
 def _read_all(store: Store) -> list[_Row]:
     """Every workflow in ``store``, newest first; damaged ones as rows of status corrupt."""
     unreadable = _UnreadableFiles()
-    _logger.addHandler(unreadable)
+    _logger.addFilter(unreadable)
     try:
         ids = store.workflow_ids()
     finally:
-        _logger.removeHandler(unreadable)
+        _logger.removeFilter(unreadable)
     rows: list[_Row] = []
     for workflow_id in ids:
         key = workflow_key(workflow_id)
@@ -257,23 +257,28 @@ def _read_all(store: Store) -> list[_Row]:
     return rows
 
 
-class _UnreadableFiles(logging.Handler):
-    """Catches the store's "skipping unreadable state file" warnings of this thread."""
+class _UnreadableFiles(logging.Filter):
+    """Takes this thread's "skipping unreadable state file" warnings for rows of the list.
+
+    A filter on the logger, so that they are not also printed: the page shows them, and a
+    page that refreshes itself would repeat them in the terminal every few seconds.
+    """
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.thread = threading.get_ident()
         self.found: list[tuple[str, str]] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread != self.thread or not record.msg.startswith("skipping unreadable"):
-            return
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread or not str(record.msg).startswith("skipping unreadable"):
+            return True
         path = str(record.args[0]) if isinstance(record.args, tuple) and record.args else ""
         message = (
             f"{record.getMessage()}: it is damaged and none of its workflows can be read;"
             " `duravoke forget ID` deletes a workflow whose id you know"
         )
         self.found.append((path, message))
+        return False
 
 
 def _find(store: Store, key: str) -> _Row | None:

@@ -506,14 +506,18 @@ def test_command_serves_until_ctrl_c(
     app: App, tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     app.run("from-the-command")
+    app.run("damaged")
+    (state_file,) = (tmp_path / "store").glob("damaged.*.json")
+    state_file.write_bytes(state_file.read_bytes()[:120])
     proc, url = start_ui("--store", str(tmp_path / "store"))
     procs.append(proc)
     port = urlsplit(url).port
     assert port is not None
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/api/workflows")
-    page = json.loads(conn.getresponse().read())
-    assert [r["id"] for r in page["rows"]] == ["from-the-command"]
+    for _ in range(2):  # each scan finds the damaged file: a row, not a line on stderr
+        conn.request("GET", "/api/workflows?fresh=1")
+        page = json.loads(conn.getresponse().read())
+        assert [r["id"] for r in page["rows"]] == [None, "from-the-command"]
     # The connection stays open, as a browser's would: Ctrl-C must not wait for it.
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
