@@ -1,4 +1,4 @@
-"""The ``duravoke`` command: list, show, forget and locate recorded workflows.
+"""The ``duravoke`` command: list, show, forget and locate recorded workflows, or serve a page.
 
 Exit status: 0 on success, 1 when a workflow is not found, running, or damaged (or the
 store cannot be read), 2 for a usage error. Errors are one line on stderr.
@@ -102,6 +102,19 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd = commands.add_parser("where", parents=[common], help="print where the store is")
     cmd.set_defaults(command=_where)
+
+    cmd = commands.add_parser(
+        "ui", parents=[common], help="serve a page to look at workflows, until Ctrl-C"
+    )
+    cmd.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1: this machine only); another"
+        " one lets others read every workflow, and is warned about",
+    )
+    cmd.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
+    cmd.add_argument("--open", action="store_true", help="open the page in a browser")
+    cmd.set_defaults(command=_ui)
     return parser
 
 
@@ -201,6 +214,12 @@ def _forget(args: argparse.Namespace) -> int:
     forget(workflow_id, store)
     print(f"Forgot workflow {name}.")
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from ._ui import serve  # the server is loaded only by those who run it
+
+    return serve(_store(args), args.host, args.port, open_browser=args.open)
 
 
 def _where(args: argparse.Namespace) -> int:

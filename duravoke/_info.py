@@ -56,6 +56,9 @@ class StepInfo:
             they were short enough to be recorded; else None.
         result_preview: a short ``repr`` of the recorded result ("" when failed).
         error: the ``repr`` of the exception a failed call raised, else None.
+        run: the number of the workflow run that executed the call (later runs replayed
+            it), when the record says; else None.
+        result: the result as recorded (the serializer's JSON form), None when failed.
     """
 
     sid: str
@@ -69,6 +72,8 @@ class StepInfo:
     args: Any
     result_preview: str
     error: str | None
+    run: int | None = None
+    result: Any = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,7 @@ def _step(record: dict[str, Any]) -> StepInfo:
         with contextlib.suppress(ValueError):  # else keep the raw JSON
             args = _DECODER.decode(args)
     path = record.get("path")
+    run = record.get("run")
     return StepInfo(
         sid=str(record.get("sid")),
         parent=record.get("parent"),
@@ -249,6 +255,8 @@ def _step(record: dict[str, Any]) -> StepInfo:
         args=args,
         result_preview=preview,
         error=None if completed else record.get("error"),
+        run=run if isinstance(run, int) else None,
+        result=record.get("result") if completed else None,
     )
 
 
