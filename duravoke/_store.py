@@ -10,14 +10,16 @@ one place for all of them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 from ._errors import WorkflowBusyError, WorkflowNotFoundError
 from ._groupcommit import Waitable
+from ._logging import logger
 from ._state import Record, State
 
-__all__ = ["Durability", "Lease", "Store", "check_durability"]
+__all__ = ["Durability", "Lease", "Store", "check_durability", "waits"]
 
 Durability = Literal["fsync", "flush"]
 
@@ -81,6 +83,22 @@ class Store(abc.ABC):
     def workflow_ids(self) -> list[str]:
         """The ids of every workflow with recorded state."""
 
+    def lock(self, workflow_id: str, timeout: float | None = None) -> Lease:
+        """Take the workflow's lock, waiting at most ``timeout`` seconds (None: forever).
+
+        For tools that hold a workflow without running it; ``workflow()`` uses the same
+        waiting rule.
+
+        Raises:
+            WorkflowBusyError: it was not free within ``timeout``.
+        """
+        for delay in waits(workflow_id, timeout):
+            lease = self.try_lock(workflow_id)
+            if lease is not None:
+                return lease
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def forget(self, workflow_id: str) -> None:
         """Delete a workflow's state; it must not be running.
 
@@ -113,3 +131,30 @@ def check_durability(durability: object) -> Durability:
     if durability not in ("fsync", "flush"):
         raise ValueError(f"durability must be 'fsync' or 'flush', not {durability!r}")
     return durability
+
+
+def waits(workflow_id: str, timeout: float | None) -> Iterator[float]:
+    """How long to sleep between lock attempts: a growing delay, up to ``timeout`` in all.
+
+    Polling: file locks cannot be awaited, and polling is what lets an async waiter be
+    cancelled cleanly. Logs once that the workflow is busy.
+
+    Raises:
+        WorkflowBusyError: when the next attempt would pass ``timeout``.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.001
+    waited = False
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        yield delay if left is None else max(0.0, min(delay, left))
+        if left is not None and left <= 0:
+            raise WorkflowBusyError(
+                f"workflow {workflow_id!r} is being run by another process or thread and did"
+                f" not become free within {timeout} s; wait for it, or raise timeout=.",
+                workflow_id=workflow_id,
+            )
+        if not waited:
+            waited = True
+            logger.info("workflow %r is being run elsewhere; waiting for it", workflow_id)
+        delay = min(delay * 2, 0.05)

@@ -55,7 +55,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
 from ._errors import CorruptStateError, DuravokeError, WorkflowBusyError, WorkflowNotFoundError
-from ._inspect import StepInfo, WorkflowInfo, forget, get_workflow
+from ._info import StepInfo, WorkflowInfo, forget, get_workflow
 from ._serializer import JSONSerializer
 from ._store import Store
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._context import Context, Entered, active_workflows, current_step
-from ._errors import OutsideStepError, WorkflowBusyError, WorkflowError
+from ._errors import OutsideStepError, WorkflowError
 from ._identity import check_workflow_id, idempotency_key_for
-from ._logging import logger
 from ._run import Run
+from ._store import waits
 
 if TYPE_CHECKING:
     from ._serializer import Serializer
@@ -95,7 +95,7 @@ class Workflow:
 
     def __enter__(self) -> Workflow:
         key = self._check()
-        for delay in self._waits():
+        for delay in waits(self.workflow_id, self.timeout):
             run = self._try_open()
             if run is not None:
                 self._enter(run, key)
@@ -110,7 +110,7 @@ class Workflow:
 
     async def __aenter__(self) -> Workflow:
         key = self._check()
-        for delay in self._waits():
+        for delay in waits(self.workflow_id, self.timeout):
             # The lock attempt and the load run in a worker thread: they may wait on a
             # disk or a network. That call is not interrupted by cancellation, and no
             # checkpoint stands between it and entering, so a lock it took is always
@@ -129,30 +129,6 @@ class Workflow:
         # Even when cancelled, the run must be closed and its lock released.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(run.finish, exc)
-
-    def _waits(self) -> Any:
-        # Polling with a growing delay: file locks cannot be awaited, and polling is
-        # what lets an async waiter be cancelled cleanly.
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        delay = 0.001
-        waited = False
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            yield delay if left is None else max(0.0, min(delay, left))
-            if left is not None and left <= 0:
-                raise WorkflowBusyError(
-                    f"workflow {self.workflow_id!r} is being run by another process or thread"
-                    f" and did not become free within {self.timeout} s; wait for it, or raise"
-                    " timeout=.",
-                    workflow_id=self.workflow_id,
-                )
-            if not waited:
-                waited = True
-                logger.info(
-                    "workflow %r is being run elsewhere; waiting for it to finish",
-                    self.workflow_id,
-                )
-            delay = min(delay * 2, 0.05)
 
 
 def idempotency_key() -> str:
