@@ -523,7 +523,7 @@ def test_flush_durability_turns_synchronous_commit_off(tmp_path: Path) -> None:
     with d.workflow("w") as wf:
         square(3)
         lease: Any = wf._run.lease  # type: ignore[union-attr]
-        assert lease._conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        assert lease._session.conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
     fast.close()
     # What it recorded is there for a store in the default durability.
     slow = duravoke.Duravoke(make_store("postgres", folder))
@@ -531,7 +531,7 @@ def test_flush_durability_turns_synchronous_commit_off(tmp_path: Path) -> None:
     with slow.workflow("w") as wf:
         assert square(3) == 9
         lease = wf._run.lease  # type: ignore[union-attr]
-        assert lease._conn.execute("SHOW synchronous_commit").fetchone() != ("off",)
+        assert lease._session.conn.execute("SHOW synchronous_commit").fetchone() != ("off",)
     assert calls == [3]
 
 
