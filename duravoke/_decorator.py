@@ -42,6 +42,17 @@ def make_durable(
 
     A call outside any run of ``context`` opens its own workflow with ``open_workflow``.
     """
+    _check_decoratable(fn)
+    identity = CallIdentity(fn, name or function_name(fn), key)
+
+    def own_workflow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return open_workflow(_implicit_id(identity, context, args, kwargs))
+
+    wrap = _async_wrapper if inspect.iscoroutinefunction(fn) else _sync_wrapper
+    return cast(F, wrap(fn, identity, context, own_workflow))
+
+
+def _check_decoratable(fn: object) -> None:
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise TypeError(
             f"@duravoke cannot make generator {getattr(fn, '__qualname__', fn)}() durable: a"
@@ -50,32 +61,34 @@ def make_durable(
         )
     if not callable(fn):
         raise TypeError(f"@duravoke decorates functions, not {type(fn).__name__} objects")
-    identity = CallIdentity(fn, name or function_name(fn), key)
 
-    def own_workflow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return open_workflow(_implicit_id(identity, context, args, kwargs))
 
-    if inspect.iscoroutinefunction(fn):
+def _async_wrapper(
+    fn: Callable[..., Any], identity: CallIdentity, context: Context, own_workflow: Any
+) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        frame: Frame | None = context.frame()
+        if frame is None:
+            async with own_workflow(args, kwargs):
+                return await async_wrapper(*args, **kwargs)
+        step = frame.run.begin(frame, identity, args, kwargs)
+        if step.replayed:
+            return step.value
+        try:
+            with step.body():
+                result = await fn(*args, **kwargs)
+        except Exception as exc:
+            await step.afail(exc)
+            raise
+        return await step.acomplete(result)
 
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            frame: Frame | None = context.frame()
-            if frame is None:
-                async with own_workflow(args, kwargs):
-                    return await async_wrapper(*args, **kwargs)
-            step = frame.run.begin(frame, identity, args, kwargs)
-            if step.replayed:
-                return step.value
-            try:
-                with step.body():
-                    result = await fn(*args, **kwargs)
-            except Exception as exc:
-                await step.afail(exc)
-                raise
-            return await step.acomplete(result)
+    return async_wrapper
 
-        return cast(F, async_wrapper)
 
+def _sync_wrapper(
+    fn: Callable[..., Any], identity: CallIdentity, context: Context, own_workflow: Any
+) -> Callable[..., Any]:
     @functools.wraps(fn)
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         frame: Frame | None = context.frame()
@@ -93,7 +106,7 @@ def make_durable(
             raise
         return step.complete(result)
 
-    return cast(F, sync_wrapper)
+    return sync_wrapper
 
 
 def _implicit_id(

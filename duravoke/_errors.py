@@ -30,6 +30,8 @@ __all__ = [
     "WorkflowBusyError",
     "WorkflowError",
     "WorkflowNotFoundError",
+    "check_format",
+    "corrupt_file",
     "error_repr",
 ]
 
@@ -137,3 +139,27 @@ class StoreError(DuravokeError, OSError):
     def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else os.fspath(path)
+
+
+def corrupt_file(path: str | os.PathLike[str], why: str) -> CorruptStateError:
+    """The error for a damaged state file: what is wrong, and what to do about it."""
+    return CorruptStateError(
+        f"cannot load {os.fspath(path)}: {why}. The file was left untouched; restore it from a"
+        " backup, or `duravoke forget` the workflow to start it afresh (that discards every"
+        " step recorded for it).",
+        path=path,
+    )
+
+
+def check_format(
+    path: str | os.PathLike[str], fmt: object, expected: str, version: object, supported: int
+) -> None:
+    """Refuse a file of another format, or of a format version this duravoke cannot read."""
+    if fmt != expected:
+        raise corrupt_file(path, "it is not a duravoke state file")
+    if version != supported:
+        raise CorruptStateError(
+            f"{os.fspath(path)} has format version {version!r}, but this duravoke reads version"
+            f" {supported}. Upgrade duravoke to read it; the file was left untouched.",
+            path=path,
+        )

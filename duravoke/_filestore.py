@@ -280,33 +280,22 @@ class _FileStore(Store):
             return
         covers, summaries, seqs = self._index()
         folded = [n for n in log.segment_numbers() if covers < n <= sealed]
-        touched: dict[str, list[Record] | None] = {}  # None: forgotten, then these
-        forgotten: set[str] = set()
-        for number in folded:
-            path = log.folder / f"log.{number:08d}"
-            data = read_bytes(path) or b""
-            frames, _end, _torn = read_frames(data, 0, str(path))
-            for offset, payload in frames:
-                if offset == 0:
-                    continue  # the header frame
-                for workflow_id, record in decode_entries(payload, str(path)):
-                    _collect(touched, forgotten, workflow_id, record)
+        touched, forgotten = _records_of(log, folded)
         states: dict[str, State | None] = {}
         for workflow_id, records in touched.items():
             state = None if workflow_id in forgotten else self._base_state(workflow_id)
-            for record in records or ():
+            for record in records:
                 state = state or new_state()
                 apply(state, record)
             states[workflow_id] = state
+            for key in [k for k in seqs if k[0] == workflow_id]:
+                del seqs[key]
             if state is None:
                 summaries.pop(workflow_id, None)
-                for key in [k for k in seqs if k[0] == workflow_id]:
-                    del seqs[key]
-            else:
-                summaries[workflow_id] = summarize(state)
-                for topic, msgs in state.get("inbox", {}).items():
-                    if msgs:
-                        seqs[(workflow_id, topic)] = msgs[-1][0]
+                continue
+            summaries[workflow_id] = summarize(state)
+            for topic, msgs in state.get("inbox", {}).items():
+                seqs[(workflow_id, topic)] = msgs[-1][0]
         self._write_snapshots(states)
         index = {
             "format": _INDEX_FORMAT,
@@ -321,7 +310,7 @@ class _FileStore(Store):
         for number in folded:
             # No fsync of the folder: a deletion that is lost brings back a segment the
             # index already covers, which is skipped.
-            remove(log.folder / f"log.{number:08d}", sync=False)
+            remove(log.segment_path(number), sync=False)
         log.reset()
 
     def _lease_closed(self) -> None:
@@ -335,16 +324,25 @@ class _FileStore(Store):
         return self.log().active_size() > _IDLE_CHECKPOINT_BYTES
 
 
-def _collect(
-    touched: dict[str, list[Record] | None], forgotten: set[str], workflow_id: str, record: Record
-) -> None:
-    if record.get("forget"):
-        touched[workflow_id] = []
-        forgotten.add(workflow_id)
-        return
-    records = touched.setdefault(workflow_id, [])
-    assert records is not None
-    records.append(record)
+def _records_of(log: Log, numbers: list[int]) -> tuple[dict[str, list[Record]], set[str]]:
+    """The records of each workflow in these segments (after its last "forget"), and the
+    workflows that were forgotten."""
+    touched: dict[str, list[Record]] = {}
+    forgotten: set[str] = set()
+    for number in numbers:
+        path = log.segment_path(number)
+        data = read_bytes(path) or b""
+        frames, _end, _torn = read_frames(data, 0, str(path))
+        for offset, payload in frames:
+            if offset == 0:
+                continue  # the segment's header frame
+            for workflow_id, record in decode_entries(payload, str(path)):
+                if record.get("forget"):
+                    touched[workflow_id] = []
+                    forgotten.add(workflow_id)
+                else:
+                    touched.setdefault(workflow_id, []).append(record)
+    return touched, forgotten
 
 
 def _legacy_journal_id(path: Path) -> str | None:

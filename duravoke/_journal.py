@@ -12,8 +12,9 @@ import json
 import zlib
 from pathlib import Path
 
+from ._errors import check_format, corrupt_file
 from ._files import read_bytes
-from ._state import _STATUSES, Record, _check_version, _corrupt
+from ._state import STATUSES, Record
 
 __all__ = ["JOURNAL_FORMAT", "parse_journal", "read_legacy_journal"]
 
@@ -50,18 +51,18 @@ def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record
             damaged = True
             continue
         if damaged:
-            raise _corrupt(path, "a record in the middle of it is damaged")
+            raise corrupt_file(path, "a record in the middle of it is damaged")
         records.append(record)
         end = position
     torn = damaged or bool(rest.strip(b"\0"))
     if not records:
         return [], torn, 0
     header = records.pop(0)
-    _check_version(header.get("format"), JOURNAL_FORMAT, header.get("version"), path)
+    check_format(path, header.get("format"), JOURNAL_FORMAT, header.get("version"), 1)
     if header.get("workflow") != workflow_id:
-        raise _corrupt(path, f"it belongs to workflow {header.get('workflow')!r}")
+        raise corrupt_file(path, f"it belongs to workflow {header.get('workflow')!r}")
     if not all(_valid_record(r) for r in records):
-        raise _corrupt(path, "a record in it has an unexpected shape")
+        raise corrupt_file(path, "a record in it has an unexpected shape")
     return records, torn, end
 
 
@@ -83,7 +84,7 @@ def _valid_record(record: Record) -> bool:
         return isinstance(record["sid"], str) and "status" in record and "started" in record
     event = record.get("event")
     return (
-        event in _STATUSES
+        event in STATUSES
         and "at" in record
         and (event != "running" or isinstance(record.get("run"), int))
     )

@@ -281,7 +281,7 @@ class Log:
                 continue
             segment = view.segments.get(number)
             if segment is None:
-                segment = view.segments[number] = _Segment(number, self._path(number))
+                segment = view.segments[number] = _Segment(number, self.segment_path(number))
             data = _read_used(segment.path, segment.end)
             if not data:
                 continue
@@ -295,7 +295,8 @@ class Log:
         for number in [n for n in view.segments if n <= view.covers]:
             del view.segments[number]
 
-    def _path(self, number: int) -> Path:
+    def segment_path(self, number: int) -> Path:
+        """The file of segment ``number``."""
         return self.folder / f"log.{number:08d}"
 
     # --- writing -----------------------------------------------------------------------
@@ -366,7 +367,7 @@ class Log:
         """Start segment ``number`` (the log lock is held); it becomes the active one."""
         if self._fd is not None:
             os.close(self._fd)
-        path = self._path(number)
+        path = self.segment_path(number)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
         segment = view.segments[number] = _Segment(number, path)

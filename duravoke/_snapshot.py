@@ -21,11 +21,22 @@ import json
 import zlib
 from collections.abc import Callable
 
-from ._state import _STATUSES, VERSION, State, _check_version, _corrupt, _utf8
+from ._errors import check_format, corrupt_file
+from ._state import STATUSES, State
 
-__all__ = ["FORMAT", "dump_snapshot", "load_snapshot"]
+__all__ = ["FORMAT", "VERSION", "dump_snapshot", "load_snapshot"]
 
 FORMAT = "duravoke"
+VERSION = 1
+
+
+def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> bytes:
+    """``text`` as UTF-8, or, if it holds a lone surrogate, ``value`` re-encoded as ASCII JSON."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii_encode(value).encode("ascii")
+
 
 # Built once: json.dumps() with options builds a new encoder on every call.
 _line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
@@ -64,18 +75,20 @@ def load_snapshot(data: bytes, path: str) -> dict[str, State]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise _corrupt(path, "it is not valid JSON (it was truncated or damaged)") from None
+        raise corrupt_file(path, "it is not valid JSON (it was truncated or damaged)") from None
     if not isinstance(doc, dict) or set(doc) != {"format", "version", "checksum", "workflows"}:
-        raise _corrupt(path, "it is not a duravoke state file")
-    _check_version(doc.get("format"), FORMAT, doc.get("version"), path)
+        raise corrupt_file(path, "it is not a duravoke state file")
+    check_format(path, doc.get("format"), FORMAT, doc.get("version"), VERSION)
     mark = data.find(_BODY_MARK)
     crc = zlib.crc32(data[mark + len(_BODY_MARK) :]) if mark >= 0 else None
     workflows = doc["workflows"]
     if not isinstance(workflows, dict) or doc["checksum"] != f"crc32:{crc:08x}":
-        raise _corrupt(path, "its checksum does not match its content (it was damaged or edited)")
+        raise corrupt_file(
+            path, "its checksum does not match its content (it was damaged or edited)"
+        )
     for state in workflows.values():
         if not _valid_state(state):
-            raise _corrupt(path, "a workflow in it has an unexpected shape")
+            raise corrupt_file(path, "a workflow in it has an unexpected shape")
     return workflows
 
 
@@ -83,6 +96,6 @@ def _valid_state(state: object) -> bool:
     return (
         isinstance(state, dict)
         and isinstance(state.get("steps"), dict)
-        and state.get("status") in _STATUSES | {"new"}
+        and state.get("status") in STATUSES | {"new"}
         and all(isinstance(s, dict) and "status" in s for s in state["steps"].values())
     )

@@ -16,16 +16,12 @@ journal be replayed over a snapshot that already contains some of it.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from ._errors import CorruptStateError
-
 __all__ = [
-    "VERSION",
+    "STATUSES",
     "Record",
     "State",
     "apply",
@@ -37,12 +33,12 @@ __all__ = [
     "summarize",
 ]
 
-VERSION = 1
 
 Record = dict[str, Any]
 State = dict[str, Any]
 
-_STATUSES = frozenset({"running", "completed", "failed", "interrupted"})
+#: Every status a workflow can be recorded with.
+STATUSES = frozenset({"running", "completed", "failed", "interrupted"})
 # Where each status stands within one run, to order events of the same run.
 _PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1, "interrupted": 1}
 
@@ -154,41 +150,9 @@ def _apply_event(state: State, record: Record) -> None:
         state["error"] = record.get("error")
 
 
-def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> bytes:
-    """``text`` as UTF-8, or, if it holds a lone surrogate, ``value`` re-encoded as ASCII JSON."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return ascii_encode(value).encode("ascii")
-
-
-# Built once: json.dumps() with options builds a new encoder on every call.
-_compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_compact_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-
-
 def status_event(state: State) -> Record:
     """The workflow event that brings any earlier state to ``state``'s status."""
     event: Record = {"event": state["status"], "at": state["updated"], "run": state["runs"]}
     if state["status"] in ("failed", "interrupted"):
         event["error"] = state["error"]
     return event
-
-
-def _check_version(fmt: object, expected: str, version: object, path: str) -> None:
-    if fmt != expected:
-        raise _corrupt(path, "it is not a duravoke state file")
-    if version != VERSION:
-        raise CorruptStateError(
-            f"{path} has format version {version!r}, but this duravoke reads version {VERSION}."
-            " Upgrade duravoke to read it; the file was left untouched.",
-            path=path,
-        )
-
-
-def _corrupt(path: str, why: str) -> CorruptStateError:
-    return CorruptStateError(
-        f"cannot load {path}: {why}. The file was left untouched; move it aside (or restore"
-        " it from a backup) to start that state afresh, or use `duravoke forget`.",
-        path=path,
-    )
