@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -486,6 +487,7 @@ class PersistedKKV(_FileStore):
     def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync") -> None:
         super().__init__(durability)
         self.path = Path(path).absolute()
+        self._parsed: tuple[tuple[int, int, int], dict[str, State]] | None = None
 
     @property
     def location(self) -> str:
@@ -503,15 +505,28 @@ class PersistedKKV(_FileStore):
         return (small and self.log().active_size() > 0) or super()._idle_checkpoint_due()
 
     def _snapshot_states(self) -> dict[str, State]:
+        # Parsed once per version of the file (it is only ever replaced whole), not at
+        # every workflow start. Callers must not change what it returns.
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._parsed
+        if cached is not None and cached[0] == version:
+            return cached[1]
         data = read_bytes(self.path)
-        return {} if data is None else load_snapshot(data, str(self.path))
+        workflows = {} if data is None else load_snapshot(data, str(self.path))
+        self._parsed = (version, workflows)
+        return workflows
 
     def _read_snapshot(self, workflow_id: str) -> State | None:
-        return self._snapshot_states().get(workflow_id)
+        state = self._snapshot_states().get(workflow_id)
+        return None if state is None else copy.deepcopy(state)
 
     def _write_snapshots(self, states: dict[str, State | None]) -> None:
         remove_leftovers(self.path)
-        workflows = self._snapshot_states()
+        workflows = dict(self._snapshot_states())
         for workflow_id, state in states.items():
             if state is None:
                 workflows.pop(workflow_id, None)
