@@ -38,10 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import filelock
-
 from ._errors import CorruptStateError, StoreError
-from ._files import fsync_folder
+from ._files import FrequentLock, fsync_folder
 from ._groupcommit import GroupCommit, Ticket
 from ._json import compact_bytes
 from ._state import Record, State, apply_summary, new_summary
@@ -211,7 +209,7 @@ class Log:
         self.folder = folder
         self.sync = sync
         self._base = base
-        self._lock = filelock.FileLock(folder / "lock", mode=0o600, thread_local=False)
+        self._lock = FrequentLock(folder / "lock")
         self._guard = threading.RLock()  # the view, and the fd of the active segment
         self._view: View | None = None
         self._fd: int | None = None  # the active segment, open for writing
@@ -324,8 +322,12 @@ class Log:
 
     def _write_locked(self, batch: list[list[Entry]]) -> None:
         with self._lock, self._guard:
-            view = self.view()
-            segment = self._writable(view)
+            if self._unchanged():
+                assert self._view is not None and self._active is not None
+                view, segment = self._view, self._active
+            else:
+                view = self.view()
+                segment = self._writable(view)
             assert self._fd is not None
             if self.sync and segment.end > self._synced:
                 # Another process wrote since our last fsync and may have died before its
@@ -345,6 +347,18 @@ class Log:
             view.take(segment.number, offset, entries)
             segment.frames += 1
 
+    def _unchanged(self) -> bool:
+        """Whether nobody wrote since our last frame (the log lock is held): the common
+        case of one writing process, checked without reading the folder or the log."""
+        active = self._active
+        if active is None or self._fd is None or self._view is None:
+            return False
+        if self._view.segments.get(active.number) is not active:
+            return False
+        if os.path.exists(self.segment_path(active.number + 1)):
+            return False
+        return not any(os.pread(self._fd, 64, active.end))
+
     def _writable(self, view: View) -> _Segment:
         """The active segment, open for writing at its end; a new one after damage."""
         numbers = self.segment_numbers()
@@ -356,7 +370,7 @@ class Log:
             os.close(self._fd)
             self._fd, self._active = None, None
         if segment is not None and not segment.torn:
-            self._fd = os.open(segment.path, os.O_WRONLY)
+            self._fd = os.open(segment.path, os.O_RDWR)
             self._size = os.fstat(self._fd).st_size
             self._active, self._synced = segment, 0
             return segment
@@ -368,7 +382,7 @@ class Log:
         if self._fd is not None:
             os.close(self._fd)
         path = self.segment_path(number)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
         segment = view.segments[number] = _Segment(number, path)
         self._active = segment
@@ -411,11 +425,12 @@ class Log:
             return numbers[-1]
 
     def close(self) -> None:
-        """Close the active segment's file."""
+        """Close the active segment's file and the lock file."""
         with self._guard:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd, self._active = None, None
+            self._lock.close()
 
     def _error(self, failure: BaseException) -> StoreError:
         return StoreError(
