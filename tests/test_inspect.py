@@ -224,7 +224,9 @@ def test_default_store_and_store_strings(tmp_path: Path, duravoke_home: Path) ->
     assert [w.id for w in duravoke.list_workflows()] == ["in-default"]
 
 
-def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_state_is_listed_as_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = duravoke.DirectoryStore(tmp_path / "s")
     d = duravoke.Duravoke(store)
     child, _, _ = _steps(d)
@@ -234,7 +236,12 @@ def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCapt
     (damaged,) = (tmp_path / "s").glob("bad.*.json")
     damaged.write_bytes(damaged.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="duravoke"):
-        assert [w.id for w in duravoke.list_workflows(store)] == ["good"]
+        listed = duravoke.list_workflows(store)
+    assert [(w.id, w.status, w.path) for w in listed] == [
+        ("", "corrupt", str(damaged)),  # the id is inside the damaged file
+        ("good", "completed", None),
+    ]
+    assert listed[0].error is not None and str(damaged) in listed[0].error
     assert str(damaged) in caplog.text
     with pytest.raises(duravoke.CorruptStateError) as info:
         duravoke.get_workflow("bad", store)
@@ -245,7 +252,7 @@ def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCapt
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_damaged_journal_is_skipped_by_list(
+def test_damaged_journal_is_listed_as_corrupt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = duravoke.DirectoryStore(tmp_path / "s")
@@ -260,8 +267,12 @@ def test_damaged_journal_is_skipped_by_list(
     lines[1] = lines[1].replace(b"running", b"Running")  # damage in the middle, not a torn tail
     journal.write_bytes(b"\n".join(lines))
     with caplog.at_level(logging.WARNING, logger="duravoke"):
-        assert [w.id for w in duravoke.list_workflows(store)] == ["good"]
-    assert "skipping workflow 'bad'" in caplog.text
+        listed = duravoke.list_workflows(store)
+    assert [(w.id, w.status, w.path) for w in listed] == [
+        ("bad", "corrupt", str(journal)),
+        ("good", "completed", None),
+    ]
+    assert "workflow 'bad' is damaged" in caplog.text
     with pytest.raises(duravoke.CorruptStateError) as info:
         duravoke.get_workflow("bad", store)
     assert info.value.path == str(journal)
