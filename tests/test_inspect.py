@@ -241,7 +241,8 @@ def test_damaged_state_is_listed_as_corrupt(
         ("", "corrupt", str(damaged)),  # the id is inside the damaged file
         ("good", "completed", None),
     ]
-    assert listed[0].error is not None and str(damaged) in listed[0].error
+    assert listed[0].error is not None
+    assert str(damaged) in listed[0].error
     assert str(damaged) in caplog.text
     with pytest.raises(duravoke.CorruptStateError) as info:
         duravoke.get_workflow("bad", store)
