@@ -87,6 +87,19 @@ def _file_stem(workflow_id: str) -> str:
     return f"{slug}.{digest}" if slug else digest
 
 
+def _existing(folder: Path, workflow_id: str, suffix: str) -> Path:
+    """The workflow's file with ``suffix``: under its name, or under the name that
+    duravoke 0.2 gave it (a leading "-" or "." was kept then) if only that exists."""
+    path = folder / f"{_file_stem(workflow_id)}{suffix}"
+    if not path.exists():
+        digest = hashlib.sha256(workflow_id.encode("utf-8")).hexdigest()[:32]
+        slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_")
+        old = folder / f"{slug}.{digest}{suffix}" if slug else path
+        if old != path and old.exists():
+            return old
+    return path
+
+
 class _FileStore(Store):
     """What both file stores share: locks, the log, checkpoints, the index.
 
@@ -216,7 +229,7 @@ class _FileStore(Store):
         remove(self._legacy_journal(workflow_id))
 
     def _legacy_journal(self, workflow_id: str) -> Path:
-        return self._folder() / f"{_file_stem(workflow_id)}.journal"
+        return _existing(self._folder(), workflow_id, ".journal")
 
     def _index_path(self) -> Path:
         return self._folder() / "log" / "index.json"
@@ -423,7 +436,7 @@ class DirectoryStore(_FileStore):
         return self._path if self._path is not None else default_folder()
 
     def _snapshot_path(self, workflow_id: str) -> Path:
-        return self._folder() / f"{_file_stem(workflow_id)}.json"
+        return _existing(self._folder(), workflow_id, ".json")
 
     def _has_snapshot(self, workflow_id: str) -> bool:
         return self._snapshot_path(workflow_id).exists()

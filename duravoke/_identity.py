@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import SerializationError
-from ._serializer import JSONSerializer, canonical_json
+from ._serializer import JSONSerializer, NamedZoneError, canonical_json
 
 __all__ = [
     "CallIdentity",
@@ -102,11 +102,17 @@ class CallIdentity:
 
     def _bad_argument(self, param: str, exc: SerializationError) -> SerializationError:
         names = ", ".join(self._signature.parameters)
+        what = f"{exc.where} is a {exc.type_name}, which is not JSON. Tell"
+        if isinstance(exc, NamedZoneError):
+            what = (
+                f"{exc.where} is a datetime with a named zone (a {exc.type_name}), which JSON"
+                " would keep only as a UTC offset. Pass it converted to UTC"
+                f" ({exc.where}.astimezone(datetime.timezone.utc)), or tell"
+            )
         return SerializationError(
-            f"{self.name}(): argument {param!r} cannot identify the call: {exc.where} is a"
-            f" {exc.type_name}, which is not JSON. Tell duravoke what identifies the call"
-            f" with key=, for example @duravoke.duravoke(key=lambda {names}: <a JSON value,"
-            f" such as an id>).",
+            f"{self.name}(): argument {param!r} cannot identify the call: {what} duravoke"
+            f" what identifies the call with key=, for example @duravoke.duravoke(key=lambda"
+            f" {names}: <a JSON value, such as an id>).",
             function=self.name,
             where=exc.where,
             type_name=exc.type_name,

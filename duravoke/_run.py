@@ -304,9 +304,10 @@ class Run:
             self.lease.close()
         log = logger.info if exc is None else logger.warning
         log(
-            "workflow %r %s: %d steps replayed, %d executed, %d failed",
+            "workflow %r %s%s: %d steps replayed, %d executed, %d failed",
             self.workflow_id,
             event["event"],
+            "" if exc is None else f" ({event['error']})",  # why, in the line people read
             self.replayed,
             self.executed,
             self.failed,

@@ -407,14 +407,14 @@ def _step_detail(step: StepInfo) -> dict[str, Any]:
     result = None
     if step.status == "completed":
         try:
-            result = _pretty(_DECODER.decode(step.result))
+            result = _pretty(_DECODER.decode(step.result_json))
         except (ValueError, TypeError):  # recorded by another serializer: show it as stored
-            result = _pretty(step.result)
+            result = _pretty(step.result_json)
     return {
         "sid": step.sid,
         "args": None if step.args is None else _pretty(step.args),
         "result": result,
-        "recorded": None if step.result is None else _pretty(step.result),
+        "recorded": None if step.result_json is None else _pretty(step.result_json),
         "error": step.error,
     }
 

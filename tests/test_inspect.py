@@ -224,7 +224,9 @@ def test_default_store_and_store_strings(tmp_path: Path, duravoke_home: Path) ->
     assert [w.id for w in duravoke.list_workflows()] == ["in-default"]
 
 
-def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_state_is_listed_as_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = duravoke.DirectoryStore(tmp_path / "s")
     d = duravoke.Duravoke(store)
     child, _, _ = _steps(d)
@@ -235,7 +237,13 @@ def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCapt
     (damaged,) = (tmp_path / "s").glob("bad.*.json")
     damaged.write_bytes(damaged.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="duravoke"):
-        assert [w.id for w in duravoke.list_workflows(store)] == ["good"]
+        listed = duravoke.list_workflows(store)
+    assert [(w.id, w.status, w.path) for w in listed] == [
+        ("", "corrupt", str(damaged)),  # the id is inside the damaged file
+        ("good", "completed", None),
+    ]
+    assert listed[0].error is not None
+    assert str(damaged) in listed[0].error
     assert str(damaged) in caplog.text
     with pytest.raises(duravoke.CorruptStateError) as info:
         duravoke.get_workflow("bad", store)
