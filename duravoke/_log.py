@@ -323,7 +323,8 @@ class Log:
     def _write_locked(self, batch: list[list[Entry]]) -> None:
         with self._lock, self._guard:
             if self._unchanged():
-                assert self._view is not None and self._active is not None
+                assert self._view is not None
+                assert self._active is not None
                 view, segment = self._view, self._active
             else:
                 view = self.view()

@@ -439,7 +439,7 @@ def test_damaged_state_file(app: App, duravoke_home: Path) -> None:
     proc = cli("list")
     assert proc.returncode == 1  # everything is listed, the damage is reported
     rows = [line.split() for line in proc.stdout.splitlines()]
-    assert [row[0] for row in rows] == ["ID", "(unreadable)", "good-2", "good-1"]
+    assert [row[0] for row in rows] == ["ID", "bad", "good-2", "good-1"]
     assert rows[1][1] == "corrupt"
     assert str(damaged) in proc.stdout  # where to look
     (warning,) = proc.stderr.splitlines()
@@ -449,7 +449,7 @@ def test_damaged_state_file(app: App, duravoke_home: Path) -> None:
     assert as_json.returncode == 1
     listed = json.loads(as_json.stdout)
     assert [(w["id"], w["status"]) for w in listed] == [
-        ("", "corrupt"),
+        ("bad", "corrupt"),
         ("good-2", "completed"),
         ("good-1", "completed"),
     ]

@@ -239,7 +239,7 @@ def test_damaged_state_is_listed_as_corrupt(
     with caplog.at_level(logging.WARNING, logger="duravoke"):
         listed = duravoke.list_workflows(store)
     assert [(w.id, w.status, w.path) for w in listed] == [
-        ("", "corrupt", str(damaged)),  # the id is inside the damaged file
+        ("bad", "corrupt", str(damaged)),  # the index still knows whose file it is
         ("good", "completed", None),
     ]
     assert listed[0].error is not None
