@@ -107,6 +107,9 @@ class _FileStore(Store):
     written and listed.
     """
 
+    #: Whether every workflow's snapshot is in one file (rewritten by every checkpoint).
+    _one_file = False
+
     def __init__(self, durability: Durability) -> None:
         self.durability: Durability = check_durability(durability)
         self._logs: dict[Path, Log] = {}
@@ -171,9 +174,18 @@ class _FileStore(Store):
         view = self.log().view()
         return {w: dict(s) for w, s in view.summaries.items()}
 
-    def forget(self, workflow_id: str) -> None:
-        """Delete a workflow's state; see :meth:`Store.forget`."""
-        super().forget(workflow_id)
+    def suspects(self) -> set[str]:
+        """Workflows whose state file is not as the last checkpoint wrote it."""
+        return {
+            workflow_id
+            for workflow_id, summary in self.summaries().items()
+            if summary.get("file") != self._snapshot_stamp(workflow_id)
+            and (summary.get("file") is not None or self._has_snapshot(workflow_id))
+        }
+
+    def _snapshot_stamp(self, workflow_id: str) -> list[int] | None:
+        """Size and modification time of the workflow's state file (None: none)."""
+        return None
 
     def close(self) -> None:
         """Fold the log into the snapshots and close the log's file."""
@@ -311,6 +323,10 @@ class _FileStore(Store):
             for topic, msgs in state.get("inbox", {}).items():
                 seqs[(workflow_id, topic)] = msgs[-1][0]
         self._write_snapshots(states)
+        for workflow_id, summary in summaries.items():
+            # How its state file looked when written, to notice later changes by hand.
+            if workflow_id in states or self._one_file:
+                summary["file"] = self._snapshot_stamp(workflow_id)
         index = {
             "format": _INDEX_FORMAT,
             "version": _INDEX_VERSION,
@@ -441,6 +457,13 @@ class DirectoryStore(_FileStore):
     def _has_snapshot(self, workflow_id: str) -> bool:
         return self._snapshot_path(workflow_id).exists()
 
+    def _snapshot_stamp(self, workflow_id: str) -> list[int] | None:
+        try:
+            st = os.stat(self._snapshot_path(workflow_id))
+        except FileNotFoundError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
+
     def _drop_files(self, workflow_id: str) -> None:
         super()._drop_files(workflow_id)
         # The log's "forget" record makes any state file of it void; deleting it now keeps
@@ -516,6 +539,15 @@ class PersistedKKV(_FileStore):
         except FileNotFoundError:
             small = True
         return (small and self.log().active_size() > 0) or super()._idle_checkpoint_due()
+
+    _one_file = True
+
+    def _snapshot_stamp(self, workflow_id: str) -> list[int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return [st.st_size, st.st_mtime_ns]
 
     def _snapshot_states(self) -> dict[str, State]:
         # Parsed once per version of the file (it is only ever replaced whole), not at

@@ -135,6 +135,10 @@ def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[
         store: a store, a string for :func:`duravoke.open_store`, or None for the store
             of the default instance (``$DURAVOKE_HOME`` or the user state folder).
 
+    Listed workflows carry no steps (``steps`` is empty; :func:`get_workflow` has
+    them): the list comes from the store's summaries, not from reading every workflow,
+    so 10,000 workflows list in well under a second.
+
     A workflow whose state is damaged is listed with status ``"corrupt"``, the damaged
     file in ``path`` and the reason in ``error`` (and a warning is logged on the
     ``"duravoke"`` logger); :func:`get_workflow` on its id raises the error. Its ``id``
@@ -144,13 +148,19 @@ def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[
     target = resolve_store(store)
     found: list[WorkflowInfo] = []
     try:
-        workflow_ids = target.workflow_ids()
-    except CorruptStateError as exc:  # one file holds them all (PersistedKKV)
+        summaries = target.summaries()
+        suspects = target.suspects()
+    except CorruptStateError as exc:  # the log, or the one file that holds them all
         logger.warning("%s", exc)
         return [_corrupt("", exc)]
-    for workflow_id in workflow_ids:
+    workflow_ids = list(summaries)
+    for workflow_id, summary in summaries.items():
         try:
-            found.append(get_workflow(workflow_id, target))
+            if workflow_id in suspects or summary["status"] not in _FINISHED:
+                # Changed behind the store's back, or perhaps running: look closely.
+                found.append(get_workflow(workflow_id, target))
+            else:
+                found.append(_listed(workflow_id, summary))
         except CorruptStateError as exc:
             logger.warning("workflow %r is damaged: %s", workflow_id, exc)
             found.append(_corrupt(workflow_id, exc))
@@ -160,6 +170,24 @@ def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[
     found.extend(_corrupt("", exc) for exc in _unreadable(target, workflow_ids))
     found.sort(key=lambda w: (w.status == "corrupt", w.updated or _EPOCH), reverse=True)
     return found
+
+
+#: Recorded statuses that no running process can change without taking the lock first.
+_FINISHED = frozenset({"completed", "failed", "interrupted"})
+
+
+def _listed(workflow_id: str, summary: State) -> WorkflowInfo:
+    return WorkflowInfo(
+        id=workflow_id,
+        status=_status(summary["status"], running=False),
+        steps_done=int(summary.get("done") or 0),
+        steps_failed=len(summary.get("failing") or ()),
+        runs=int(summary.get("runs") or 0),
+        started=_time(summary.get("started")),
+        updated=_time(summary.get("updated")),
+        error=summary.get("error"),
+        steps=(),
+    )
 
 
 def _corrupt(workflow_id: str, exc: CorruptStateError) -> WorkflowInfo:
@@ -332,17 +360,9 @@ def _step(record: dict[str, Any], running: bool) -> StepInfo:
 
 def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
     steps = sorted((_step(r, running) for r in state["steps"].values()), key=lambda s: s.started)
-    recorded = state["status"]
-    status: Status
-    if running:
-        status = "running"
-    elif recorded in ("completed", "failed"):
-        status = recorded
-    else:  # recorded as running (or never finished starting), yet nobody holds the lock
-        status = "interrupted"
     return WorkflowInfo(
         id=workflow_id,
-        status=status,
+        status=_status(state["status"], running),
         steps_done=sum(s.status == "completed" for s in steps),
         steps_failed=sum(s.status == "failed" for s in steps),
         runs=int(state.get("runs") or 0),
@@ -351,3 +371,13 @@ def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
         error=state.get("error"),
         steps=tuple(steps),
     )
+
+
+def _status(recorded: str, running: bool) -> Status:
+    """What a workflow recorded with ``recorded`` is now."""
+    if running:
+        return "running"
+    if recorded in ("completed", "failed"):
+        return recorded  # type: ignore[return-value]
+    # Interrupted, or recorded as running (or never finished starting) with its lock free.
+    return "interrupted"

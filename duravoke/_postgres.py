@@ -107,6 +107,17 @@ SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM w)
 
 _IDS = "SELECT id FROM {s}.workflows"
 
+# Every workflow row with its step counts, in one statement.
+_SUMMARIES = """
+SELECT w.id, w.state, coalesce(c.done, 0), coalesce(c.failing, '{{}}')
+FROM {s}.workflows w LEFT JOIN (
+    SELECT workflow_id,
+           count(*) FILTER (WHERE record->>'status' = 'completed') AS done,
+           array_agg(sid) FILTER (WHERE record->>'status' <> 'completed') AS failing
+    FROM {s}.steps GROUP BY workflow_id
+) c ON c.workflow_id = w.id
+"""
+
 _VERSION = "SELECT version FROM {s}.meta"
 
 _TRY_LOCK = b"SELECT pg_try_advisory_lock(%s)"
@@ -236,6 +247,7 @@ class PostgresStore(Store):
         self._save_sql = _SAVE.format(s=s).encode()
         self._forget_sql = _FORGET.format(s=s).encode()
         self._ids_sql = _IDS.format(s=s).encode()
+        self._summaries_sql = _SUMMARIES.format(s=s).encode()
         self._version_sql = _VERSION.format(s=s).encode()
         self._pool_size = pool_size
         self._ready = False
@@ -273,6 +285,14 @@ class PostgresStore(Store):
         """Every workflow with recorded state."""
         rows = self._query("list workflows", self._ids_sql)
         return sorted(_py_id(row[0]) for row in rows)
+
+    def summaries(self) -> dict[str, State]:
+        """Every workflow's summary, in one query."""
+        found = {}
+        for db_id, header, done, failing in self._query("list workflows", self._summaries_sql):
+            if isinstance(header, dict):
+                found[_py_id(db_id)] = {**header, "done": done, "failing": list(failing)}
+        return found
 
     def close(self) -> None:
         """Close the read pool, and the session once no workflow holds it."""

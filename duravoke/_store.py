@@ -10,14 +10,15 @@ one place for all of them.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-from ._errors import WorkflowBusyError, WorkflowNotFoundError
+from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
 from ._groupcommit import Waitable
 from ._logging import logger
-from ._state import Record, State
+from ._state import Record, State, summarize
 
 __all__ = ["Durability", "Lease", "Store", "check_durability", "waits"]
 
@@ -82,6 +83,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def workflow_ids(self) -> list[str]:
         """The ids of every workflow with recorded state."""
+
+    def summaries(self) -> dict[str, State]:
+        """Every workflow's summary: its state without the steps, with step counts (see
+        ``_state.summarize``). Stores override this to answer without reading every
+        workflow; this default reads each one, skipping those that cannot be read."""
+        found = {}
+        for workflow_id in self.workflow_ids():
+            with contextlib.suppress(CorruptStateError):
+                state = self.read(workflow_id)
+                if state is not None:
+                    found[workflow_id] = summarize(state)
+        return found
+
+    def suspects(self) -> set[str]:
+        """Workflows whose summary may not match their state, e.g. because a file was
+        changed behind the store's back: a listing reads these in full."""
+        return set()
 
     def lock(self, workflow_id: str, timeout: float | None = None) -> Lease:
         """Take the workflow's lock, waiting at most ``timeout`` seconds (None: forever).

@@ -249,9 +249,10 @@ def test_duravoke_thread_pool_records_the_steps_in_the_workflow(d: duravoke.Dura
     assert sorted(ran) == sorted(TABLES)
     assert nightly_export("2026-11-30") == [f"exported {t}" for t in TABLES]
     assert sorted(ran) == sorted(TABLES * 2)
-    listed = {w.id: w for w in duravoke.list_workflows(d.store)}
-    assert sorted(listed) == ["nightly-export-2026-11-29", "nightly-export-2026-11-30"]
-    for info in listed.values():
+    listed = sorted(w.id for w in duravoke.list_workflows(d.store))
+    assert listed == ["nightly-export-2026-11-29", "nightly-export-2026-11-30"]
+    for workflow_id in listed:
+        info = duravoke.get_workflow(workflow_id, d.store)
         assert sorted(s.args["table"] for s in info.steps) == sorted(TABLES)
 
 
