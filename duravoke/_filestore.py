@@ -30,11 +30,11 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
-import filelock
 import platformdirs
 
 from ._errors import CorruptStateError
 from ._files import (
+    FileLock,
     atomic_write,
     ensure_folder,
     fsync_folder,
@@ -142,11 +142,8 @@ class _FileStore(Store):
         """Take the workflow's lock file without waiting."""
         folder = self._folder()
         ensure_folder(folder)
-        lock_path = folder / f"{_file_stem(check_workflow_id(workflow_id))}.lock"
-        lock = filelock.FileLock(lock_path, mode=0o600, thread_local=False)
-        try:
-            lock.acquire(blocking=False)
-        except filelock.Timeout:
+        lock = FileLock(folder / f"{_file_stem(check_workflow_id(workflow_id))}.lock")
+        if not lock.acquire(blocking=False):
             return None
         with self._guard:
             self._open_leases += 1
@@ -289,12 +286,8 @@ class _FileStore(Store):
             if not self._checkpointing.acquire(blocking=False):
                 return  # this store object is at it already
             stack.callback(self._checkpointing.release)
-            lock = filelock.FileLock(
-                self._folder() / "log" / "checkpoint.lock", mode=0o600, thread_local=False
-            )
-            try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
+            lock = FileLock(self._folder() / "log" / "checkpoint.lock")
+            if not lock.acquire(blocking=False):
                 return  # another process is at it
             stack.callback(lock.release)
             self._fold()
@@ -347,8 +340,13 @@ class _FileStore(Store):
         with self._guard:
             self._open_leases -= 1
             idle = self._open_leases == 0
-        if (idle and self._idle_checkpoint_due()) or self.log().active_size() > _CHECKPOINT_BYTES:
+        if idle and self._idle_checkpoint_due():
+            # Nothing else of this store runs here: make the state files current now.
             self.checkpoint()
+        elif self.log().active_size() > _CHECKPOINT_BYTES and not self._checkpointing.locked():
+            # Runs are going on: fold in the background, so that none of them waits.
+            name = "duravoke-checkpoint"
+            threading.Thread(target=self.checkpoint, name=name, daemon=True).start()
 
     def _idle_checkpoint_due(self) -> bool:
         return self.log().active_size() > _IDLE_CHECKPOINT_BYTES
@@ -387,7 +385,7 @@ def _legacy_journal_id(path: Path) -> str | None:
 
 
 class _FileLease(Lease):
-    def __init__(self, store: _FileStore, workflow_id: str, lock: filelock.BaseFileLock) -> None:
+    def __init__(self, store: _FileStore, workflow_id: str, lock: FileLock) -> None:
         super().__init__(workflow_id)
         self._store = store
         self._lock = lock
@@ -486,9 +484,9 @@ class DirectoryStore(_FileStore):
 
     def _write_snapshots(self, states: dict[str, State | None]) -> None:
         sync = self.durability == "fsync"
+        remove_leftovers(*(self._snapshot_path(w) for w in states))
         for workflow_id, state in states.items():
             path = self._snapshot_path(workflow_id)
-            remove_leftovers(path)
             if state is None:
                 remove(path, sync=False)
             else:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import CorruptStateError, StoreError
-from ._files import FrequentLock, fsync_folder
+from ._files import FileLock, fsync_folder
 from ._groupcommit import GroupCommit, Ticket
 from ._json import compact_bytes
 from ._state import Record, State, apply_summary, new_summary
@@ -209,7 +209,7 @@ class Log:
         self.folder = folder
         self.sync = sync
         self._base = base
-        self._lock = FrequentLock(folder / "lock")
+        self._lock = FileLock(folder / "lock", keep_open=True)
         self._guard = threading.RLock()  # the view, and the fd of the active segment
         self._view: View | None = None
         self._fd: int | None = None  # the active segment, open for writing
