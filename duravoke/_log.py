@@ -210,7 +210,10 @@ class Log:
         self.sync = sync
         self._base = base
         self._lock = FileLock(folder / "lock", keep_open=True)
-        self._guard = threading.RLock()  # the view, and the fd of the active segment
+        # The view and the active segment's fd, and, taken before the lock file, one
+        # writer thread at a time: flock is per open file, so threads sharing the lock
+        # file's descriptor would each "take" it.
+        self._guard = threading.RLock()
         self._view: View | None = None
         self._fd: int | None = None  # the active segment, open for writing
         self._active: _Segment | None = None
@@ -321,7 +324,7 @@ class Log:
             raise
 
     def _write_locked(self, batch: list[list[Entry]]) -> None:
-        with self._lock, self._guard:
+        with self._guard, self._lock:
             if self._unchanged():
                 assert self._view is not None
                 assert self._active is not None
@@ -356,8 +359,10 @@ class Log:
             return False
         if self._view.segments.get(active.number) is not active:
             return False
+        if os.fstat(self._fd).st_nlink == 0:
+            return False  # folded into the snapshots and deleted by a checkpoint
         if os.path.exists(self.segment_path(active.number + 1)):
-            return False
+            return False  # sealed by a checkpoint, or torn and abandoned
         return not any(os.pread(self._fd, 64, active.end))
 
     def _writable(self, view: View) -> _Segment:
@@ -417,7 +422,7 @@ class Log:
     def start_checkpoint(self) -> int | None:
         """Seal the active segment: later frames go to a new one. Returns the number of
         the newest sealed segment (None when the log is empty)."""
-        with self._lock, self._guard:
+        with self._guard, self._lock:
             view = self.view()
             numbers = [n for n in self.segment_numbers() if n > view.covers]
             if not any(view.segments[n].frames > 1 for n in numbers):

@@ -211,22 +211,22 @@ def test_sigkill_during_group_commit(spec: str, tmp_path: Path, seed: int) -> No
     torture(spec, tmp_path, seed, steps=100, modes=["asyncio", "trio"])
 
 
-# A kill between creating the journal and writing its header, or in the middle of the
+# A kill between creating a log segment and writing its header, or in the middle of the
 # header, is a window too narrow for random kills to hit often: make it happen.
 @pytest.mark.parametrize("cut", ["empty", "torn-header", "header-only"])
-def test_kill_while_creating_the_journal(spec: str, tmp_path: Path, cut: str) -> None:
+def test_kill_while_creating_a_log_segment(spec: str, tmp_path: Path, cut: str) -> None:
     if spec.startswith(("postgresql://", "postgres://")):
-        pytest.skip("a Postgres store has no journal file")
+        pytest.skip("a Postgres store has no log file")
     rnd = Round(f"torture-{uuid.uuid4().hex[:12]}", tmp_path / "log", 20)
-    # A real SIGKILL at a known point (after step 5 returned) leaves a journal...
+    # A real SIGKILL at a known point (after step 5 returned) leaves a log segment...
     assert run_worker(spec, rnd, "sync 5", None, cut)[0]
     folder = Path(f"{spec}.d") if spec.endswith(".json") else Path(spec)
-    journals = list(folder.glob("*.journal"))
-    assert len(journals) == 1, journals
+    segments = list((folder / "log").glob("log.*"))
+    assert len(segments) == 1, segments
     # ...which we cut back to what a kill while creating it would have left,
-    data = journals[0].read_bytes()
-    header = data.index(b"\n") + 1
-    journals[0].write_bytes(data[: {"empty": 0, "torn-header": header // 2}.get(cut, header)])
+    data = segments[0].read_bytes()
+    header = data.index(b"\n", data.index(b"\n") + 1) + 1  # the frame's line and its payload
+    segments[0].write_bytes(data[: {"empty": 0, "torn-header": header // 2}.get(cut, header)])
     # then the next run is killed too (after step 10), and the one after that finishes.
     assert run_worker(spec, rnd, "sync 10", None, cut)[0]
     assert not run_worker(spec, rnd, "sync", None, cut)[0]
