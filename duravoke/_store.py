@@ -140,6 +140,10 @@ class Store(abc.ABC):
                 workflow_id=workflow_id,
             )
 
+    def checkpoint(self) -> None:  # noqa: B027 - most stores have nothing to do
+        """Make what the store keeps for people to read current (the file stores fold their
+        log into their state files); other stores write everything in place already."""
+
     def close(self) -> None:  # noqa: B027 - most stores keep nothing open
         """Release what the store keeps open (connections, files); it can be used again."""
 

@@ -161,7 +161,7 @@ def test_unrecordable_result_is_refused_and_runs_again(
 
     inst = reopen()
 
-    @inst.duravoke
+    @inst.duravoke  # type: ignore[no-redef]
     def compute() -> Any:  # the fixed version
         calls.append("compute")
         return "fine"
@@ -209,7 +209,7 @@ def test_generators_are_refused_at_decoration(d: duravoke.Duravoke, reopen: Reop
     ):
         for fn in (numbers, anumbers):
             with pytest.raises(TypeError, match="generator") as info:
-                decorate(fn)  # type: ignore[arg-type]
+                decorate(fn)
             assert fn.__name__ in str(info.value)
     _assert_kept(reopen, calls)
 

@@ -41,12 +41,13 @@ def test_positional_keyword_and_default_are_one_call(d: duravoke.Duravoke, reope
     calls: list[Any] = []
     with d.workflow("w"):
         assert _adder(d, calls)(1) == 3
-    for spell in (
+    spells: tuple[Callable[[Callable[..., int]], int], ...] = (
         lambda f: f(x=1),
         lambda f: f(1, y=2),
         lambda f: f(1, 2),
         lambda f: f(y=2, x=1),
-    ):
+    )
+    for spell in spells:
         inst = reopen()
         with inst.workflow("w"):
             assert spell(_adder(inst, calls)) == 3

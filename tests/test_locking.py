@@ -153,7 +153,7 @@ def marks(d: duravoke.Duravoke, workflow_id: str) -> list[str]:
     """Who ran the workflow, from its recorded ``mark`` steps."""
     state = d.store.read(workflow_id)
     assert state is not None
-    return sorted(d.serializer.decode(s["result"]) for s in state["steps"].values())
+    return sorted(str(d.serializer.decode(s["result"])) for s in state["steps"].values())
 
 
 class Holder:

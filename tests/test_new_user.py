@@ -32,7 +32,7 @@ import anyio.lowlevel
 import pytest
 
 import duravoke
-from tests.conftest import POSTGRES_DSN, make_store
+from conftest import POSTGRES_DSN, make_store
 
 ROOT = Path(__file__).resolve().parent.parent
 

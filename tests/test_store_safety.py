@@ -138,7 +138,7 @@ def completed_results(state: dict[str, Any]) -> dict[int, Any]:
     out = {}
     for step in state["steps"].values():
         if step["status"] == "completed":
-            value = serializer.decode(step["result"])
+            value: Any = serializer.decode(step["result"])
             out[value["i"]] = value
     return out
 

@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import time
+from typing import Any
 import uuid
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def check_states(store: duravoke.Store, prefix: str, entrants: int, seed: int) -
         assert state["status"] == "completed", (workflow_id, state["status"], seed)
         steps = state["steps"].values()
         assert all(s["status"] == "completed" for s in steps), (workflow_id, seed)
-        results = [decode(s["result"]) for s in steps]
+        results: list[Any] = [decode(s["result"]) for s in steps]
         visits = sorted(r[1] for r in results if r[0] == "visit")
         shared = sorted(r for r in results if r[0] != "visit")
         assert shared == [[workflow_id, i] for i in range(steps_of(k))], (workflow_id, seed)

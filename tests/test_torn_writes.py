@@ -155,7 +155,7 @@ def damages(draw: st.DrawFn, sizes: dict[str, int], edges: list[int]) -> list[tu
     The journal is the likelier target: any damage to the state file is refused,
     while journal damage exercises every prefix length.
     """
-    ops = []
+    ops: list[tuple[str, str, Any]] = []
     for _ in range(draw(st.integers(1, 3))):
         target = draw(st.sampled_from([".journal", ".journal", ".journal", ".json"]))
         if draw(st.booleans()):

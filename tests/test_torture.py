@@ -25,7 +25,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import close_store
@@ -91,7 +93,7 @@ class Round:
         assert state["status"] == "completed", context
         steps = list(state["steps"].values())
         assert all(s["status"] == "completed" for s in steps), context
-        decode = duravoke.JSONSerializer().decode
+        decode: Callable[[Any], Any] = duravoke.JSONSerializer().decode
         results = sorted(decode(s["result"]) for s in steps)
         assert results == [i * i for i in range(self.steps)], context
 
