@@ -30,9 +30,9 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import POSTGRES_DSN, make_store
 
 import duravoke
-from conftest import POSTGRES_DSN, make_store
 
 ROOT = Path(__file__).resolve().parent.parent
 

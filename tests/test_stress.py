@@ -13,9 +13,9 @@ import random
 import subprocess
 import sys
 import time
-from typing import Any
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import close_store
