@@ -9,6 +9,7 @@ processes of 200 workflows each.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -191,3 +192,88 @@ def test_eight_processes_of_200_workflows_fit_the_server(tmp_path: Path) -> None
         state = store.read(wid)
         assert state is not None
         assert (state["status"], len(state["steps"])) == ("completed", 3)
+
+
+KILL_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    import anyio
+    import duravoke
+
+    spec, log, workflows, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    d = duravoke.Duravoke(duravoke.open_store(spec))
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    @d.duravoke(name="batch.step")
+    async def step(k, i):
+        os.write(fd, f"exec {k} {i}\\n".encode())
+        await anyio.sleep(0)
+        return [k, i]
+
+    async def one(k):
+        async with d.workflow(f"batch-{k}"):
+            for i in range(steps):
+                await step(k, i)
+                os.write(fd, f"done {k} {i}\\n".encode())
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            for k in range(workflows):
+                tg.start_soon(one, k)
+
+    anyio.run(main)
+    print("all done", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["directory", "kkv", *(["postgres"] if POSTGRES_DSN else [])])
+def test_sigkill_in_the_middle_of_cross_workflow_batches(kind: str, tmp_path: Path) -> None:
+    # 50 workflows write their steps together: most frames (or COMMITs) hold records of
+    # many workflows. Kill the process at random moments, run again until all finished:
+    # no step whose call returned ever runs again, and every workflow completes.
+    seed = random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    store = make_store(kind, tmp_path)
+    spec = store.location
+    store.close()
+    log = tmp_path / "exec.log"
+    kills = 0
+    deadline = time.monotonic() + 120
+    for _ in range(40):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_WORKER, spec, str(log), "50", "20"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Later runs get longer, so that a slow store still finishes.
+            out, err = proc.communicate(timeout=rng.uniform(0.2, 0.9) * (1 + kills / 4))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            kills += 1
+            continue
+        assert proc.returncode == 0, f"seed {seed}: {err}"
+        assert "all done" in out
+        break
+    else:
+        pytest.fail(f"seed {seed}: never finished after {kills} kills")
+    assert time.monotonic() < deadline, f"seed {seed}: too slow"
+    done: set[tuple[str, str]] = set()
+    for line in log.read_text().splitlines():
+        kind_, k, i = line.split()
+        # A kill can cut the line "done" after a step returned; never an "exec" after it.
+        assert not (kind_ == "exec" and (k, i) in done), f"seed {seed}: step {k} {i} ran again"
+        if kind_ == "done":
+            done.add((k, i))
+    assert len(done) == 50 * 20, f"seed {seed}"
+    assert kills >= 2, f"seed {seed}: the kills did not land (the machine is too fast?)"
+    fresh = make_store(kind, tmp_path)
+    for k in (0, 25, 49):
+        state = fresh.read(f"batch-{k}")
+        assert state is not None
+        assert (state["status"], len(state["steps"])) == ("completed", 20), f"seed {seed}"
+    print(f"seed {seed}: {kills} kills")
