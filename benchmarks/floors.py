@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import threading
-import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .harness import REAL_FSYNC, median, now_ns
+from .harness import REAL_FSYNC, median, now_ns, peak_memory
 
 #: A journal-like line of 150 bytes for the append+fsync floor.
 RECORD = b'0a1b2c3d {"sid":"' + b"f" * 32 + b':0","fn":"bench.step","status":"completed"'
@@ -336,22 +335,25 @@ def index_read(folder: Path, entries: int, reps: int = 3) -> float:
 # --- json decode: the memory floor ----------------------------------------------------------
 
 
-def json_decode_peak(folder: str) -> dict[str, Any]:
-    """Child-process entry: peak traced memory of decoding every file in ``folder`` with json.
+def json_decode_peak(folder: str, trace: bool) -> dict[str, Any]:
+    """Child-process entry: peak memory of decoding every file in ``folder`` with json.
 
     A file that is one JSON document is decoded whole; any other is decoded line by line
     from each line's first ``{`` (journals prefix records with a checksum). Everything
     decoded is kept until the end, as a replay keeps what it needs.
     """
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix != ".lock")
-    tracemalloc.start()
+    with peak_memory(trace) as peak:
+        kept = _decode_all(files)
+    return {"peak_bytes": peak[0], "records": len(kept), "files": len(files)}
+
+
+def _decode_all(files: list[Path]) -> list[Any]:
     kept: list[Any] = []
-    decoded_bytes = 0
     for path in files:
         data = path.read_bytes()
         try:
             kept.append(json.loads(data))
-            decoded_bytes += len(data)
             continue
         except ValueError:
             pass
@@ -360,7 +362,4 @@ def json_decode_peak(folder: str) -> dict[str, Any]:
             if start >= 0:
                 with contextlib.suppress(ValueError):
                     kept.append(json.loads(line[start:]))
-                    decoded_bytes += len(line)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {"peak_bytes": peak, "decoded_bytes": decoded_bytes, "files": len(files)}
+    return kept

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -274,14 +275,18 @@ def _inline(target: str, kwargs: dict[str, Any]) -> Any:
 
 
 def in_child(
-    target: str, timeout: float = 300.0, env: dict[str, str] | None = None, **kwargs: Any
+    target: str,
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+    fresh: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """Run ``module:function(**kwargs)`` of this folder in a fresh Python process.
 
     The child installs the counters, calls the function and prints its JSON result;
     an exception in the child becomes :class:`ChildError` with its last line.
     """
-    if INLINE[0] and not env:
+    if INLINE[0] and not env and not fresh:
         return _inline(target, kwargs)
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(
@@ -390,7 +395,7 @@ class Sizes:
 SIZES = {
     "full": Sizes({100: 5, 1_000: 3, 10_000: 3}, (1, 10, 100, 500), 3, (1, 8, 32), 256,
                   (1_000, 10_000), 100_000, 10_000, 100, 10_000, 1_000, 1_000),
-    "quick": Sizes({100: 3, 1_000: 1}, (10, 500), 1, (1, 32), 64,
+    "quick": Sizes({100: 3, 1_000: 1}, (500,), 1, (1, 32), 32,
                    (500,), 10_000, 1_000, 100, 1_000, 300, 1_000),
     "smoke": Sizes({100: 1}, (1, 4), 1, (1, 2), 4, (20,), 300, 20, 5, 20, 30, 50),
 }  # fmt: skip
@@ -528,6 +533,31 @@ def timer() -> Iterator[list[float]]:
         yield out
     finally:
         out.append((now_ns() - t0) / 1e9)
+
+
+@contextlib.contextmanager
+def peak_memory(trace: bool) -> Iterator[list[int]]:
+    """``with peak_memory(trace) as m:`` leaves the peak bytes of the block in ``m[0]``.
+
+    ``trace``: the tracemalloc peak (Python allocations only). Otherwise the growth of
+    the process's peak RSS (``ru_maxrss``) over the block: meant for a fresh process,
+    whose earlier peak is its imports, and never run with tracemalloc (which inflates it).
+    """
+    import resource
+
+    out: list[int] = []
+    if trace:
+        tracemalloc.start()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        yield out
+    finally:
+        if trace:
+            out.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        else:
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            out.append(max(after - before, 0) * 1024)  # KiB on Linux
 
 
 def progress(message: str) -> None:

@@ -192,7 +192,7 @@ def measure(case: Case, ctx: Context) -> dict[str, Any]:
     for rep in range(case.reps + 1):
         traced = rep == case.reps  # the last run only measures memory
         folder = ctx.folder(f"steps-{case.slug}-{rep}")
-        wid = f"bench-{n}-{rep}"
+        wid = f"bench-{case.slug}-{rep}"  # unique: Postgres rows outlive the case
         probed = case.durability == "fsync" and case.store != "postgres" and not traced
         probe = floors.Probe(folder, n) if probed else None
         try:
