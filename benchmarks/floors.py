@@ -107,9 +107,45 @@ class Probe:
         self.spent_ns += spent
         self.samples.append(spent / self.APPENDS / 1e3)
 
+    #: Commits the probe made: none here (it calls the real fsync, which is not counted).
+    commits = 0
+
     def close(self) -> None:
         os.close(self.fd)
         self.path.unlink()
+
+
+class PgProbe:
+    """:class:`Probe` for Postgres: timed INSERT + COMMIT of one row on its own connection.
+
+    Its commits go through psycopg, so the commit counter sees them: callers subtract
+    :attr:`commits`.
+    """
+
+    APPENDS = 5
+
+    def __init__(self, dsn: str, schema: str, steps: int) -> None:
+        self.every = max(steps // 10, 1)
+        self.flush = PgFlush(dsn, schema, table="probe_rows")
+        self.samples: list[float] = []
+        self.spent_ns = 0
+        self.n = 0
+
+    @property
+    def commits(self) -> int:
+        return self.flush.batches
+
+    def __call__(self) -> None:
+        t0 = now_ns()
+        for _ in range(self.APPENDS):
+            self.n += 1
+            self.flush([step_record(0, self.n)])
+        spent = now_ns() - t0
+        self.spent_ns += spent
+        self.samples.append(spent / self.APPENDS / 1e3)
+
+    def close(self) -> None:
+        self.flush.close()
 
 
 # --- group commit: the flush functions ------------------------------------------------------
@@ -138,11 +174,11 @@ class FileFlush:
 class PgFlush:
     """All rows of a batch through one connection, one COMMIT."""
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, table: str = "floor_rows") -> None:
         import psycopg
 
         self.conn = psycopg.connect(dsn, autocommit=False)
-        table = f'"{schema}".floor_rows'
+        table = f'"{schema}".{table}'
         self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'.encode())
         self.conn.execute(
             f"CREATE TABLE IF NOT EXISTS {table}"
