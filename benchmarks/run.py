@@ -22,7 +22,7 @@ if __package__ in (None, ""):
     # Run as a script: make ``benchmarks`` (and this checkout's duravoke) importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import concurrency, scenarios, steps  # noqa: F401  (they register scenarios)
+from benchmarks import concurrency, disk, scenarios, steps  # noqa: F401  (they register scenarios)
 from benchmarks.harness import (
     INLINE,
     SCENARIOS,
@@ -39,7 +39,9 @@ from benchmarks.harness import (
 from benchmarks.report import report
 
 #: The order of the tables; scenarios registered later (not listed here) come last.
-ORDER = ("steps", "concurrent", "threads", "list", "memory", "typed", "resume", "sleeping")
+ORDER = (
+    "steps", "concurrent", "threads", "list", "empty", "memory", "typed", "resume", "sleeping",
+)  # fmt: skip
 
 
 def ordered() -> list[str]:

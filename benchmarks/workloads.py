@@ -9,6 +9,7 @@ imports. The store is chosen by ``DURAVOKE_BENCH_STORE`` (a folder, a DirectoryS
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ STORE = duravoke.DirectoryStore(
 )
 d = duravoke.Duravoke(STORE)
 executed = [0]
+_guard = threading.Lock()  # a runner may run workflows in several threads
 
 
 def api(name: str) -> Any:
@@ -30,7 +32,8 @@ def api(name: str) -> Any:
 @d.duravoke(name="benchmarks.work")
 def work(i: int) -> int:
     """One step: counts its executions, so a pass can check what it ran."""
-    executed[0] += 1
+    with _guard:
+        executed[0] += 1
     return i
 
 

@@ -48,7 +48,7 @@ def tables(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_scenario_prints_a_table_with_its_floor(result: dict[str, Any]) -> None:
     found = tables(result)
-    expected = {"steps", "scaling", "group", "concurrent", "threads", "list", "memory"}
+    expected = {"steps", "scaling", "group", "concurrent", "threads", "list", "memory", "empty"}
     expected |= {"typed", "resume", "sleeping"}
     assert expected <= set(found)
     for name, table in found.items():
@@ -89,6 +89,7 @@ def test_threads_steps_list_memory_have_ratios(result: dict[str, Any]) -> None:
     assert all(r["writes/step"] == 0 for r in flush), flush  # flush mode: no fsync per step
     assert {r["store"] for r in _measured(found["list"])} == {"directory", "kkv"}
     assert {r["store"] for r in _measured(found["memory"])} == {"directory", "kkv"}
+    assert {r["store"] for r in _measured(found["empty"])} == {"directory", "kkv"}
     assert {r["mode"] for r in _measured(found["group"])} == {"asyncio-tg", "trio-tg"}
 
 
