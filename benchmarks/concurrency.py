@@ -172,7 +172,7 @@ def _floor(
         return _reps(
             ctx,
             f"benchmarks.floors:{how}",
-            {"full": 5, "quick": 3}.get(ctx.mode, 1),
+            {"full": 3, "quick": 3}.get(ctx.mode, 1),
             f"floor-{how}-{label}-{count}",
             **extra,
             **kw,

@@ -331,7 +331,7 @@ def describe(exc: BaseException) -> str:
     while getattr(exc, "exceptions", None):  # an ExceptionGroup (a builtin from 3.11)
         exc = exc.exceptions[0]  # type: ignore[attr-defined]
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300]
+    return f"{type(exc).__name__}: {text}"[:400]
 
 
 # --- results --------------------------------------------------------------------------------

@@ -41,12 +41,14 @@ def render(table: Table) -> str:
     """A table as aligned text: title, header, rule, rows, then its notes."""
     cells = [[cell(c, row[c]) for c in table.columns] for row in table.rows]
     # A cut cell (a failure message) is printed whole below the table.
-    cut = [
-        f"{row[table.columns[0]]} {row[table.columns[2]]}: {row[c]}"
-        for row in table.rows
-        for c in table.columns
-        if isinstance(row[c], str) and len(row[c]) > MAX_CELL
-    ]
+    cut = list(  # once per distinct message
+        dict.fromkeys(
+            str(row[c])
+            for row in table.rows
+            for c in table.columns
+            if isinstance(row[c], str) and len(row[c]) > MAX_CELL
+        )
+    )
     right = [_numeric([row[c] for row in table.rows]) for c in table.columns]
     widths = [max(len(x) for x in col) for col in zip(table.columns, *cells, strict=True)]
 
