@@ -168,11 +168,11 @@ def _floor(
     extra: dict[str, Any] = {"dsn": ctx.dsn_base, "schema": ctx.schema} if pg else {}
 
     def compute() -> dict[str, Any] | str:
-        # A floor is cheap and its small shapes are a handful of fsyncs: more reps.
+        # Floors get 3 reps in a full run (their small shapes are a handful of fsyncs).
         return _reps(
             ctx,
             f"benchmarks.floors:{how}",
-            {"full": 3, "quick": 3}.get(ctx.mode, 1),
+            3 if ctx.mode == "full" else 1,
             f"floor-{how}-{label}-{count}",
             **extra,
             **kw,

@@ -200,7 +200,7 @@ def measure(case: Case, ctx: Context) -> dict[str, Any]:
     peak = 0
     n = case.steps
     # Memory does not depend on durability: a long fsync row skips its (slow) traced run.
-    skip_trace = case.durability == "fsync" and n >= 10_000
+    skip_trace = case.durability == "fsync" and (n >= 10_000 or ctx.mode == "quick")
     for rep in range(case.reps + (0 if skip_trace else 1)):
         traced = rep == case.reps  # the last run only measures memory
         folder = ctx.folder(f"steps-{case.slug}-{rep}")
@@ -286,7 +286,7 @@ def plan(ctx: Context) -> list[Case]:
     if ctx.dsn is not None:
         cases += [
             case("postgres", mode, durability, n)
-            for n in sorted({100, mid})
+            for n in sorted({100, mid} if ctx.mode == "full" else {100})
             for mode in ("sync", "asyncio")
             for durability in durabilities
         ]
