@@ -16,9 +16,9 @@ from typing import Any
 
 import duravoke
 
-STORE = duravoke.DirectoryStore(
-    Path(os.environ.get("DURAVOKE_BENCH_STORE", ".")), durability="flush"
-)
+if "DURAVOKE_BENCH_STORE" not in os.environ:
+    raise RuntimeError("benchmarks.workloads needs DURAVOKE_BENCH_STORE (the store's folder)")
+STORE = duravoke.DirectoryStore(Path(os.environ["DURAVOKE_BENCH_STORE"]), durability="flush")
 d = duravoke.Duravoke(STORE)
 executed = [0]
 _guard = threading.Lock()  # a runner may run workflows in several threads
