@@ -47,11 +47,15 @@ def examples(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Print the benchmark table (per-step microseconds, ratios to an fsync baseline)."""
+    """Print the benchmark tables: absolute figures and ratios to floors of the same run.
+
+    ``nox -s bench -- --quick`` for a run under two minutes, ``-- --only NAME`` for one
+    scenario; Postgres rows when ``DURAVOKE_TEST_POSTGRES_DSN`` is set.
+    """
     session.install("-e", ".[test]")
     dsn = os.environ.get("DURAVOKE_TEST_POSTGRES_DSN")
     extra = ["--postgres", dsn] if dsn else []
-    session.run("python", "benchmarks/bench_steps.py", *extra, *session.posargs)
+    session.run("python", "benchmarks/run.py", *extra, *session.posargs)
 
 
 @nox.session

@@ -1,0 +1,1 @@
+"""duravoke's benchmarks: run ``python benchmarks/run.py`` (see benchmarks/README.md)."""
