@@ -249,8 +249,10 @@ def test_sigkill_in_the_middle_of_cross_workflow_batches(kind: str, tmp_path: Pa
             text=True,
         )
         try:
-            # Later runs get longer, so that a slow store still finishes.
-            out, err = proc.communicate(timeout=rng.uniform(0.2, 0.9) * (1 + kills / 4))
+            # The first runs are surely cut short; later ones get longer, so that a slow
+            # store still finishes.
+            window = rng.uniform(0.2, 0.5) if kills < 3 else rng.uniform(0.2, 0.9) * kills / 3
+            out, err = proc.communicate(timeout=window)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
@@ -272,8 +274,8 @@ def test_sigkill_in_the_middle_of_cross_workflow_batches(kind: str, tmp_path: Pa
     assert len(done) == 50 * 20, f"seed {seed}"
     assert kills >= 2, f"seed {seed}: the kills did not land (the machine is too fast?)"
     fresh = make_store(kind, tmp_path)
-    for k in (0, 25, 49):
-        state = fresh.read(f"batch-{k}")
+    for n in (0, 25, 49):
+        state = fresh.read(f"batch-{n}")
         assert state is not None
         assert (state["status"], len(state["steps"])) == ("completed", 20), f"seed {seed}"
     print(f"seed {seed}: {kills} kills")
