@@ -13,6 +13,7 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._identity import CallIdentity, implicit_workflow_id
+from ._typed import result_codec
 from ._workflow import Frame, Step, active_workflows, logger, reset_current_step, set_current_step
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ def make_durable(instance: Duravoke, fn: F, name: str | None, key: Callable[...,
         raise TypeError(f"@duravoke decorates functions, not {type(fn).__name__} objects")
     qualname = f"{fn.__module__}.{fn.__qualname__}"
     identity = CallIdentity(fn, name or qualname, key)
+    # Reads the return annotation at the first call, before the body first runs.
+    codec = result_codec(fn, identity.name, instance.serializer)
     var = instance._frame
 
     if inspect.iscoroutinefunction(fn):
@@ -73,7 +76,7 @@ def make_durable(instance: Duravoke, fn: F, name: str | None, key: Callable[...,
             if frame is None:
                 async with instance.workflow(_implicit_id(identity, args, kwargs)):
                     return await async_wrapper(*args, **kwargs)
-            step = frame.run.begin(frame, identity, args, kwargs)
+            step = frame.run.begin(frame, identity, args, kwargs, codec)
             if step.replayed:
                 return step.value
             tokens = _enter(var, step)
@@ -98,7 +101,7 @@ def make_durable(instance: Duravoke, fn: F, name: str | None, key: Callable[...,
         if frame is None:
             with instance.workflow(_implicit_id(identity, args, kwargs)):
                 return sync_wrapper(*args, **kwargs)
-        step = frame.run.begin(frame, identity, args, kwargs)
+        step = frame.run.begin(frame, identity, args, kwargs, codec)
         if step.replayed:
             return step.value
         tokens = _enter(var, step)

@@ -1,0 +1,601 @@
+"""Typed results: the return annotation decides how a recorded result is rebuilt.
+
+A step annotated ``-> Invoice`` (a dataclass), an enum, a pydantic model, a TypedDict,
+a NamedTuple, a datetime with a ``zoneinfo`` zone, or any of these inside lists,
+dicts, tuples, sets, ``X | None`` and unions, gets its result back as itself. The
+work is split in two:
+
+- **To data** (:func:`to_data`), driven by the *value*: dataclasses, models and
+  NamedTuples become their fields, enums their value, zoned datetimes
+  ``{"$t": "zdatetime", "v": [iso, key]}``; everything else is encoded exactly as
+  :class:`JSONSerializer` encodes it (same tags). No class name is written.
+- **Back** (:meth:`ResultCodec.decode`), driven by the *annotation*: the tags are
+  undone, then pydantic's ``TypeAdapter`` for the annotation validates the data and
+  builds the classes. The state never names a class, so a state file edited by hand
+  can at most make the annotated type's own validation fail.
+
+A typed result is recorded as ``{"$t": "typed", "v": <data>}``. Results of functions
+without an annotation, or annotated with types :class:`JSONSerializer` keeps exactly
+(``int``, ``list[str]``, ``dict[str, Any]``...), are recorded as before, untouched.
+An annotation that contains ``datetime`` or ``time`` but nothing else typed keeps the
+old format too, and only a value the serializer refuses (a zoned datetime) is
+recorded typed. The same value-driven encoding, with class kinds tagged, lets such
+values identify calls (:func:`identity_data`).
+
+pydantic is imported only when an annotation needs it (the ``typed`` extra).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import io
+import logging
+import math
+import pathlib
+import sys
+import threading
+import types
+import typing
+import uuid
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ._errors import SerializationError
+from ._serializer import JSONSerializer, JSONValue, Serializer, canonical_json
+
+__all__ = ["ResultCodec", "identity_data", "result_codec"]
+
+logger = logging.getLogger("duravoke")
+
+_JSON = JSONSerializer()
+_NoneType = type(None)
+_TYPED_TAG = "typed"
+_EXTRA_HINT = "pip install 'duravoke[typed]'"
+
+# Types whose values JSONSerializer records exactly: an annotation made only of these
+# (and of the containers below) needs no type-driven conversion.
+_PLAIN_TYPES = frozenset(
+    (
+        _NoneType,
+        bool,
+        int,
+        float,
+        str,
+        bytes,
+        dt.date,
+        dt.timedelta,
+        uuid.UUID,
+        decimal.Decimal,
+        pathlib.Path,
+        pathlib.PurePath,
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+        list,
+        dict,
+        tuple,
+        set,
+        frozenset,
+        object,
+    )
+)
+# Plain too, except that a value with a zoneinfo zone needs the typed path to keep it.
+_ZONED_TYPES = frozenset((dt.datetime, dt.time))
+_CONTAINER_ORIGINS = frozenset((list, dict, tuple, set, frozenset))
+# One-shot or live objects: recording them cannot give them back.
+_REFUSED_ORIGINS = {
+    collections.abc.Iterator: "an iterator",
+    collections.abc.Iterable: "an iterable",
+    collections.abc.Generator: "a generator",
+    collections.abc.AsyncIterator: "an async iterator",
+    collections.abc.AsyncIterable: "an async iterable",
+    collections.abc.AsyncGenerator: "an async generator",
+    collections.abc.Awaitable: "an awaitable",
+    collections.abc.Coroutine: "a coroutine",
+    collections.abc.Callable: "a callable",
+    type: "a class",
+}
+_REFUSED_CLASSES: tuple[type, ...] = (
+    io.IOBase,
+    typing.IO,
+    types.GeneratorType,
+    types.CoroutineType,
+    types.FunctionType,
+    type(threading.Lock()),
+    type(threading.RLock()),
+    threading.Condition,
+    threading.Thread,
+)
+_UNIONS: tuple[Any, ...] = (typing.Union, types.UnionType)
+
+_PLAIN, _ZONED, _TYPED = 0, 1, 2
+
+
+class _Refused(Exception):  # noqa: N818 - private signal, turned into SerializationError
+    def __init__(self, type_name: str, why: str) -> None:
+        super().__init__(why)
+        self.type_name = type_name
+        self.why = why
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        if tp.__module__ == "builtins":
+            return tp.__qualname__
+        return f"{tp.__module__}.{tp.__qualname__}"
+    return repr(tp)
+
+
+def _classify(tp: Any) -> int:
+    """How an annotation's values are recorded: plain, plain-but-zoned, or typed."""
+    if tp is None or tp is typing.Any or isinstance(tp, typing.TypeVar):
+        return _PLAIN
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _classify(typing.get_args(tp)[0])
+    if origin in _UNIONS or origin in _CONTAINER_ORIGINS:
+        return max((_classify(a) for a in typing.get_args(tp) if a is not Ellipsis), default=0)
+    if origin is typing.Literal:
+        literal = typing.get_args(tp)
+        return _TYPED if any(isinstance(a, enum.Enum) for a in literal) else _PLAIN
+    if origin is not None:
+        if origin in _REFUSED_ORIGINS:
+            why = f"a result annotated {tp!r} is {_REFUSED_ORIGINS[origin]}"
+            raise _Refused(_type_name(tp), why)
+        return _TYPED  # Sequence[...], Mapping[...], defaultdict[...]: pydantic decides
+    if tp in _REFUSED_ORIGINS:
+        raise _Refused(_type_name(tp), f"a result annotated {tp!r} is {_REFUSED_ORIGINS[tp]}")
+    if isinstance(tp, typing.NewType):
+        return _classify(tp.__supertype__)
+    if not isinstance(tp, type):
+        raise _Refused(_type_name(tp), f"the return annotation {tp!r} is not a type")
+    if issubclass(tp, _REFUSED_CLASSES):
+        raise _Refused(_type_name(tp), f"a {_type_name(tp)} is a live object, not data")
+    if tp in _PLAIN_TYPES:
+        return _PLAIN
+    if tp in _ZONED_TYPES:
+        return _ZONED
+    return _TYPED
+
+
+# --- value to data -------------------------------------------------------------
+
+
+class _Unsupported(Exception):  # noqa: N818 - private signal, never escapes
+    def __init__(self, value: object, why: str = "") -> None:
+        super().__init__(why)
+        self.value = value
+        self.why = why
+
+
+_SCALARS = frozenset((str, int, bool, _NoneType))
+_LEAVES = frozenset(
+    (
+        float,
+        bytes,
+        dt.datetime,
+        dt.date,
+        dt.time,
+        dt.timedelta,
+        uuid.UUID,
+        decimal.Decimal,
+        type(pathlib.Path()),
+        pathlib.PurePosixPath,
+        pathlib.PureWindowsPath,
+    )
+)
+
+
+def _fields(value: Any, ident: bool) -> dict[str, Any] | None:
+    """The fields of a dataclass, NamedTuple or pydantic model, else None."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        if not ident:
+            return None  # a NamedTuple is rebuilt from its items, as a tuple
+        return dict(zip(type(value)._fields, value, strict=True))  # type: ignore[attr-defined]
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        # Python mode keeps datetimes with their zone; json mode is the fallback for
+        # what python mode cannot build (a set of models would be a set of dicts).
+        try:
+            return value.model_dump(mode="python", by_alias=True, round_trip=True)  # type: ignore[no-any-return]
+        except (TypeError, ValueError):
+            return value.model_dump(mode="json", by_alias=True, round_trip=True)  # type: ignore[no-any-return]
+    return None
+
+
+def _tag(tag: str, payload: Any) -> dict[str, Any]:
+    return {"$t": tag, "v": payload}
+
+
+def _to(v: Any, ident: bool) -> Any:
+    t = type(v)
+    if t in _SCALARS:
+        return v
+    if t is list:
+        return [x if type(x) in _SCALARS else _to(x, ident) for x in v]
+    if t is dict:
+        if all(type(k) is str for k in v) and "$t" not in v:
+            return {k: x if type(x) in _SCALARS else _to(x, ident) for k, x in v.items()}
+        pairs = [[_to(k, ident), _to(x, ident)] for k, x in v.items()]
+        if ident:
+            pairs.sort(key=lambda pair: (canonical_json(pair[0]), canonical_json(pair[1])))
+        return _tag("dict", pairs)
+    if t is tuple:
+        return _tag("tuple", [_to(x, ident) for x in v])
+    if t is set or t is frozenset:
+        return _tag(t.__name__, sorted((_to(x, ident) for x in v), key=canonical_json))
+    if t is dt.datetime and isinstance(v.tzinfo, ZoneInfo) and v.tzinfo.key is not None:
+        return _tag("zdatetime", [v.isoformat(), v.tzinfo.key])
+    if t in _LEAVES:
+        try:
+            return _JSON.encode(v, canonical=ident)
+        except SerializationError as exc:
+            raise _Unsupported(v, str(exc).partition(": ")[2]) from None
+    if isinstance(v, enum.Enum):
+        # The annotation rebuilds the member from its value; an identity tags it, so
+        # that Color.RED and 1 are two calls.
+        return _tag("enum", _to(v.value, ident)) if ident else _to(v.value, ident)
+    fields = _fields(v, ident)
+    if fields is not None:
+        data = {k: _to(x, ident) for k, x in fields.items()}
+        return _tag("fields", data) if ident else data
+    if isinstance(v, tuple):  # a NamedTuple in a result
+        return _tag("tuple", [_to(x, ident) for x in v])
+    pydantic_core = sys.modules.get("pydantic_core")
+    if not ident and pydantic_core is not None:
+        # A pydantic type under an annotation (a Url, an IP address): its JSON form,
+        # which the annotation turns back into it.
+        try:
+            return pydantic_core.to_jsonable_python(v)
+        except (TypeError, ValueError):
+            pass
+    raise _Unsupported(v)
+
+
+def _path_to(value: Any, target: object, where: str, seen: set[int]) -> str | None:
+    """Where ``target`` sits inside ``value`` (a slow walk, for error messages only)."""
+    if value is target:
+        return where
+    if id(value) in seen:
+        return None
+    seen.add(id(value))
+    if isinstance(value, dict):
+        children: Any = ((f"{where}[{k!r}]", x) for k, x in value.items())
+    elif isinstance(value, (list, tuple)) and not hasattr(type(value), "_fields"):
+        children = ((f"{where}[{i}]", x) for i, x in enumerate(value))
+    elif isinstance(value, (set, frozenset)):
+        children = ((f"{where}{{...}}", x) for x in value)
+    else:
+        fields = None if isinstance(value, (str, bytes)) else _fields(value, True)
+        if fields is None:
+            return None
+        children = ((f"{where}.{k}", x) for k, x in fields.items())
+    for child_where, child in children:
+        found = _path_to(child, target, child_where, seen)
+        if found is not None:
+            return found
+    return None
+
+
+def _unsupported(value: Any, where: str, exc: _Unsupported, what: str) -> SerializationError:
+    at = _path_to(value, exc.value, where, set()) or where
+    name = _type_name(type(exc.value))
+    why = exc.why or f"type {name!r} is not data duravoke can record"
+    return SerializationError(f"cannot record {at} as {what}: {why}", where=at, type_name=name)
+
+
+def to_data(value: object, *, where: str = "result") -> JSONValue:
+    """Encode a value for a typed record (no class names; the annotation rebuilds it).
+
+    Raises:
+        SerializationError: part of the value is not data, with where it sits.
+    """
+    try:
+        return _to(value, False)  # type: ignore[no-any-return]
+    except _Unsupported as exc:
+        raise _unsupported(value, where, exc, "typed data") from None
+
+
+def identity_data(value: object, *, where: str) -> JSONValue:
+    """Canonical JSON data for an argument, dataclasses and enums included.
+
+    Equal values give equal data: two equal dataclasses are the same call. Kinds
+    are tagged (``"fields"``, ``"enum"``) so a dataclass is never the dict of its
+    fields; class names are left out, so renaming a class keeps identities.
+
+    Raises:
+        SerializationError: part of the value is not data (an object, ``self``).
+    """
+    try:
+        return _to(value, True)  # type: ignore[no-any-return]
+    except (_Unsupported, RecursionError) as exc:
+        cause = exc
+    # Report it as JSONSerializer would have, unless the walk found the culprit.
+    if isinstance(cause, _Unsupported) and cause.why:
+        raise _unsupported(value, where, cause, "an argument")
+    at = (
+        _path_to(value, cause.value, where, set()) if isinstance(cause, _Unsupported) else None
+    ) or where
+    bad = cause.value if isinstance(cause, _Unsupported) else value
+    name = _type_name(type(bad))
+    raise SerializationError(
+        f"cannot record {at}: type {name!r} is not data", where=at, type_name=name
+    )
+
+
+# --- data to value -------------------------------------------------------------
+
+
+def _from(d: Any) -> Any:
+    t = type(d)
+    if t is str or t is int or t is bool or t is float or d is None:
+        return d
+    if t is list:
+        return [_from(x) for x in d]
+    if t is not dict:
+        raise ValueError(f"not JSON data: {t.__name__}")
+    if "$t" not in d:
+        return {k: _from(x) for k, x in d.items()}
+    tag, payload = d["$t"], d.get("v")
+    if len(d) != 2 or "v" not in d:
+        raise ValueError(f"malformed tagged value: {d!r:.200}")
+    if tag in ("tuple", "set", "frozenset", "dict", "zdatetime") and type(payload) is not list:
+        raise ValueError(f"malformed {tag!r} value: {payload!r:.100}")
+    if tag == "tuple":
+        return tuple(_from(x) for x in payload)
+    if tag in {"set", "frozenset"}:
+        items = [_from(x) for x in payload]
+        try:
+            return set(items) if tag == "set" else frozenset(items)
+        except TypeError:  # members that are dataclasses in the data: the annotation builds them
+            return items
+    if tag == "dict":
+        if any(type(p) is not list or len(p) != 2 for p in payload):
+            raise ValueError("malformed 'dict' value: expected [key, value] pairs")
+        try:
+            return {_from(k): _from(x) for k, x in payload}
+        except TypeError as exc:
+            raise ValueError(f"malformed 'dict' value: {exc}") from None
+    if tag == "zdatetime":
+        if len(payload) != 2 or not all(type(x) is str for x in payload):
+            raise ValueError(f"malformed 'zdatetime' value: {payload!r:.100}")
+        try:
+            # ZoneInfo refuses keys that are paths; the instant is kept, the zone restored.
+            return dt.datetime.fromisoformat(payload[0]).astimezone(ZoneInfo(payload[1]))
+        except (ValueError, LookupError, OSError) as exc:
+            raise ValueError(f"malformed 'zdatetime' value {payload!r:.100}: {exc}") from None
+    return _JSON.decode(d)  # the serializer's own leaf tags; ValueError for unknown ones
+
+
+# --- the codec -----------------------------------------------------------------
+
+
+def _where(loc: tuple[int | str, ...], root: str) -> str:
+    parts = [root]
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part.isidentifier():
+            parts.append(f".{part}")
+        else:
+            parts.append(f"[{part!r}]")
+    return "".join(parts)
+
+
+def _first_difference(a: Any, b: Any, where: str, depth: int = 0) -> tuple[str, Any, Any] | None:
+    """Where the rebuilt value ``b`` first differs from ``a``, in type or value; None if nowhere."""
+    if a is b:
+        return None
+    t = type(a)
+    if t is not type(b):
+        return where, a, b
+    if depth > 100:
+        return None if a == b else (where, a, b)
+    if t is float:
+        return None if a == b or (math.isnan(a) and math.isnan(b)) else (where, a, b)
+    if isinstance(a, dict):
+        if len(a) != len(b):
+            return where, a, b
+        for k, x in a.items():
+            if k not in b:
+                return where, a, b
+            found = _first_difference(x, b[k], f"{where}[{k!r}]", depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, (list, tuple)):
+        if len(a) != len(b):
+            return where, a, b
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            found = _first_difference(x, y, f"{where}[{i}]", depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, (dt.datetime, dt.time)):
+        same = a == b and a.tzinfo == b.tzinfo and a.fold == b.fold
+        return None if same else (where, a, b)
+    fa = None if isinstance(a, (str, bytes, enum.Enum)) else _fields(a, True)
+    if fa is not None:
+        fb = _fields(b, True) or {}
+        for k, x in fa.items():
+            found = _first_difference(x, fb.get(k), f"{where}.{k}", depth + 1)
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (where, a, b)
+
+
+def _import_pydantic(annotation: Any) -> Any:
+    try:
+        import pydantic
+    except ImportError:
+        raise _Refused(
+            _type_name(annotation),
+            f"recording a result annotated {annotation!r} needs pydantic: {_EXTRA_HINT}",
+        ) from None
+    return pydantic
+
+
+class ResultCodec:
+    """Records and rebuilds one decorated function's results, by its return annotation.
+
+    Built at decoration by :func:`result_codec`; the annotation is read at the first
+    call (:meth:`prepare`), so forward references and ``from __future__ import
+    annotations`` work, and an annotation that cannot be recorded is refused before
+    the body first runs.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str, serializer: Serializer) -> None:
+        self.name = name
+        self._fn = fn
+        self._serializer = serializer
+        self._lock = threading.Lock()
+        self._kind: int | None = None
+        self._annotation: Any = None
+        self._adapter: Any = None
+
+    def prepare(self) -> None:
+        """Read the return annotation once; refuse one that cannot be recorded.
+
+        Raises:
+            SerializationError: the annotation names something that cannot be recorded
+                and rebuilt (a file, a lock, an iterator, a plain class), or needs
+                pydantic and it is missing; says what to do instead.
+        """
+        if self._kind is not None:
+            return
+        with self._lock:
+            if self._kind is None:
+                self._resolve()
+
+    def _resolve(self) -> None:
+        if not isinstance(self._serializer, JSONSerializer):
+            # A serializer of the user's own (pickle) records what it records.
+            self._kind = _PLAIN
+            return
+        try:
+            hints = typing.get_type_hints(self._fn, include_extras=True)
+        except Exception as exc:  # NameError, TypeError... from the user's annotations
+            logger.warning(
+                "%s(): its annotations cannot be resolved (%r), so its results are recorded"
+                " untyped",
+                self.name,
+                exc,
+            )
+            self._kind = _PLAIN
+            return
+        annotation = hints.get("return")
+        try:
+            kind = _classify(annotation)
+            adapter = None if kind == _PLAIN else self._build(annotation)
+        except _Refused as exc:
+            raise SerializationError(
+                f"{self.name}(): its results cannot be recorded: {exc.why}. Return data"
+                " instead: JSON types, a dataclass, an Enum, a NamedTuple, a TypedDict or a"
+                " pydantic model (nested as you like), and annotate the function with it.",
+                function=self.name,
+                where="result",
+                type_name=exc.type_name,
+            ) from None
+        self._annotation = annotation
+        self._adapter = adapter
+        self._kind = kind
+
+    @staticmethod
+    def _build(annotation: Any) -> Any:
+        pydantic = _import_pydantic(annotation)
+        try:
+            return pydantic.TypeAdapter(annotation)
+        except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as exc:
+            why = str(exc).split("\n", 1)[0]
+            raise _Refused(
+                _type_name(annotation),
+                f"duravoke cannot rebuild {annotation!r} from data ({why})",
+            ) from None
+
+    def encode(self, value: object, *, where: str = "result") -> JSONValue:
+        """JSON data for ``value``: untyped as the serializer writes it, or typed.
+
+        Raises:
+            SerializationError: the value cannot be recorded, with where it sits.
+        """
+        self.prepare()
+        kind = self._kind
+        if kind == _PLAIN:
+            return self._serializer.encode(value, where=where)
+        if kind == _ZONED:
+            try:
+                return self._serializer.encode(value, where=where)
+            except SerializationError:
+                pass  # a zoned datetime, say: the typed record keeps its zone
+        return _tag(_TYPED_TAG, to_data(value, where=where))
+
+    def decode(self, data: JSONValue) -> object:
+        """Rebuild a recorded value; the annotation, never the data, picks the classes.
+
+        Records without the typed mark (untyped, or written before the annotation was
+        added) are decoded by the serializer, exactly as before.
+
+        Raises:
+            ValueError: the data is malformed or does not fit the annotation.
+        """
+        if type(data) is dict and data.get("$t") == _TYPED_TAG:
+            self.prepare()
+            if self._adapter is None:
+                raise ValueError(
+                    f"a typed record, but {self.name}() has no return annotation that can"
+                    " rebuild it"
+                )
+            if len(data) != 2 or "v" not in data:
+                raise ValueError(f"malformed typed record: {data!r:.200}")
+            return self._adapter.validate_python(_from(data["v"]))
+        return self._serializer.decode(data)
+
+    def record(self, value: object) -> tuple[JSONValue, object]:
+        """Encode a fresh result and rebuild it as a replay would: (data, value).
+
+        Raises:
+            SerializationError: the value cannot be recorded, does not fit the annotation
+                or would not come back equal, naming where (``result.items[2].when``).
+        """
+        encoded = self.encode(value, where="result")
+        if type(encoded) is not dict or encoded.get("$t") != _TYPED_TAG:
+            return encoded, self._serializer.decode(encoded)
+        pydantic = sys.modules["pydantic"]
+        try:
+            rebuilt = self.decode(encoded)
+        except pydantic.ValidationError as exc:
+            error = exc.errors()[0]
+            where = _where(tuple(error["loc"]), "result")
+            raise SerializationError(
+                f"cannot record {where}: it does not match the return annotation"
+                f" {self._annotation!r}: {error['msg']} (got {error.get('input')!r:.80})",
+                where=where,
+                type_name=_type_name(type(error.get("input"))),
+            ) from None
+        # Lax validation would turn a "5" in an int field into 5, an Any-typed
+        # dataclass into a dict, a Dog into a look-alike Cat: refuse what changes.
+        found = _first_difference(value, rebuilt, "result")
+        if found is not None:
+            where, was, now = found
+            raise SerializationError(
+                f"cannot record {where}: rebuilt from the return annotation"
+                f" {self._annotation!r} it would come back as {now!r:.100}"
+                f" ({_type_name(type(now))}) instead of {was!r:.100} ({_type_name(type(was))})."
+                " Return what the annotation says; annotate that part precisely (not Any or"
+                " object); give unions of look-alike classes a discriminator field.",
+                where=where,
+                type_name=_type_name(type(was)),
+            )
+        return encoded, rebuilt
+
+
+def result_codec(fn: Callable[..., Any], name: str, serializer: Serializer) -> ResultCodec:
+    """The codec that records ``fn``'s results with ``serializer`` (see the module docstring)."""
+    return ResultCodec(fn, name, serializer)
