@@ -47,6 +47,8 @@ from zoneinfo import ZoneInfo
 
 from ._errors import SerializationError
 from ._serializer import JSONSerializer, JSONValue, Serializer, canonical_json
+from ._serializer import _enc as _serializer_enc
+from ._serializer import _Unsupported as _SerializerUnsupported
 
 __all__ = ["ResultCodec", "identity_data", "result_codec"]
 
@@ -190,16 +192,38 @@ _LEAVES = frozenset(
 )
 
 
+_OTHER, _DATACLASS, _NAMEDTUPLE, _MODEL, _ENUM = range(5)
+#: type -> (kind, init field names): is_dataclass() and fields() cost more than the rest.
+_KINDS: dict[type, tuple[int, tuple[str, ...]]] = {}
+
+
+def _kind(t: type) -> tuple[int, tuple[str, ...]]:
+    found = _KINDS.get(t)
+    if found is None:
+        pydantic = sys.modules.get("pydantic")  # a model exists only once pydantic is imported
+        if dataclasses.is_dataclass(t):
+            found = (_DATACLASS, tuple(f.name for f in dataclasses.fields(t) if f.init))
+        elif issubclass(t, tuple) and hasattr(t, "_fields"):
+            found = (_NAMEDTUPLE, tuple(t._fields))
+        elif issubclass(t, enum.Enum):
+            found = (_ENUM, ())
+        elif pydantic is not None and issubclass(t, pydantic.BaseModel):
+            found = (_MODEL, ())
+        else:
+            found = (_OTHER, ())
+        _KINDS[t] = found
+    return found
+
+
 def _fields(value: Any, ident: bool) -> dict[str, Any] | None:
     """The fields of a dataclass, NamedTuple or pydantic model, else None."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
-    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
-        if not ident:
-            return None  # a NamedTuple is rebuilt from its items, as a tuple
-        return dict(zip(type(value)._fields, value, strict=True))  # type: ignore[attr-defined]
-    pydantic = sys.modules.get("pydantic")
-    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+    kind, names = _kind(type(value))
+    if kind == _DATACLASS:
+        return {name: getattr(value, name) for name in names}
+    if kind == _NAMEDTUPLE:
+        # In a result a NamedTuple is rebuilt from its items, as a tuple.
+        return dict(zip(names, value, strict=True)) if ident else None
+    if kind == _MODEL:
         # Python mode keeps datetimes with their zone; json mode is the fallback for
         # what python mode cannot build (a set of models would be a set of dicts).
         try:
@@ -229,24 +253,38 @@ def _to(v: Any, ident: bool) -> Any:
     if t is tuple:
         return _tag("tuple", [_to(x, ident) for x in v])
     if t is set or t is frozenset:
-        return _tag(t.__name__, sorted((_to(x, ident) for x in v), key=canonical_json))
+        items = [_to(x, ident) for x in v]
+        if len(items) > 1:  # sorted, as iteration order varies between runs (str hashing)
+            items.sort(key=canonical_json)
+        return _tag(t.__name__, items)
     if t is dt.datetime and isinstance(v.tzinfo, ZoneInfo) and v.tzinfo.key is not None:
         return _tag("zdatetime", [v.isoformat(), v.tzinfo.key])
     if t in _LEAVES:
         try:
-            return _JSON.encode(v, canonical=ident)
+            return _serializer_enc(v, ident)  # the serializer's own tags, minus its checks
+        except _SerializerUnsupported:
+            pass
+        try:
+            _JSON.encode(v)  # raises, explaining why (a tzinfo that would be lost)
         except SerializationError as exc:
             raise _Unsupported(v, str(exc).partition(": ")[2]) from None
-    if isinstance(v, enum.Enum):
+    kind, names = _kind(t)
+    if kind == _DATACLASS:
+        data = {}
+        for name in names:
+            x = getattr(v, name)
+            data[name] = x if type(x) in _SCALARS else _to(x, ident)
+        return _tag("fields", data) if ident else data
+    if kind == _ENUM:
         # The annotation rebuilds the member from its value; an identity tags it, so
         # that Color.RED and 1 are two calls.
         return _tag("enum", _to(v.value, ident)) if ident else _to(v.value, ident)
-    fields = _fields(v, ident)
-    if fields is not None:
+    if kind != _OTHER:
+        fields = _fields(v, ident)
+        if fields is None:  # a NamedTuple in a result
+            return _tag("tuple", [_to(x, ident) for x in v])
         data = {k: _to(x, ident) for k, x in fields.items()}
         return _tag("fields", data) if ident else data
-    if isinstance(v, tuple):  # a NamedTuple in a result
-        return _tag("tuple", [_to(x, ident) for x in v])
     pydantic_core = sys.modules.get("pydantic_core")
     if not ident and pydantic_core is not None:
         # A pydantic type under an annotation (a Url, an IP address): its JSON form,
@@ -332,16 +370,19 @@ def identity_data(value: object, *, where: str) -> JSONValue:
 # --- data to value -------------------------------------------------------------
 
 
+_JSON_SCALARS = frozenset((str, int, bool, float, _NoneType))
+
+
 def _from(d: Any) -> Any:
     t = type(d)
     if t is str or t is int or t is bool or t is float or d is None:
         return d
     if t is list:
-        return [_from(x) for x in d]
+        return [x if type(x) in _JSON_SCALARS else _from(x) for x in d]
     if t is not dict:
         raise ValueError(f"not JSON data: {t.__name__}")
     if "$t" not in d:
-        return {k: _from(x) for k, x in d.items()}
+        return {k: x if type(x) in _JSON_SCALARS else _from(x) for k, x in d.items()}
     tag, payload = d["$t"], d.get("v")
     if len(d) != 2 or "v" not in d:
         raise ValueError(f"malformed tagged value: {d!r:.200}")
@@ -389,16 +430,31 @@ def _where(loc: tuple[int | str, ...], root: str) -> str:
 
 
 def _first_difference(a: Any, b: Any, where: str, depth: int = 0) -> tuple[str, Any, Any] | None:
-    """Where the rebuilt value ``b`` first differs from ``a``, in type or value; None if nowhere."""
-    if a is b:
-        return None
+    """Where the rebuilt value ``b`` first differs from ``a``, in type or value; None if nowhere.
+
+    ``==`` alone would miss an int where an IntEnum was, a tuple where a NamedTuple
+    was, or another zone for the same instant.
+    """
     t = type(a)
     if t is not type(b):
         return where, a, b
+    if t in _SCALARS:
+        return None if a == b else (where, a, b)
     if depth > 100:
         return None if a == b else (where, a, b)
-    if t is float:
-        return None if a == b or (math.isnan(a) and math.isnan(b)) else (where, a, b)
+    if t is list or t is tuple or (t is not str and isinstance(a, tuple)):
+        if len(a) != len(b):
+            return where, a, b
+        for i in range(len(a)):
+            x, y = a[i], b[i]
+            if type(x) in _SCALARS and type(y) is type(x):
+                if x != y:
+                    return f"{where}[{i}]", x, y
+                continue
+            found = _first_difference(x, y, f"{where}[{i}]", depth + 1)
+            if found is not None:
+                return found
+        return None
     if isinstance(a, dict):
         if len(a) != len(b):
             return where, a, b
@@ -409,25 +465,29 @@ def _first_difference(a: Any, b: Any, where: str, depth: int = 0) -> tuple[str, 
             if found is not None:
                 return found
         return None
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            return where, a, b
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            found = _first_difference(x, y, f"{where}[{i}]", depth + 1)
-            if found is not None:
-                return found
-        return None
-    if isinstance(a, (dt.datetime, dt.time)):
+    if t is float:
+        return None if a == b or (math.isnan(a) and math.isnan(b)) else (where, a, b)
+    if t is dt.datetime or t is dt.time:
         same = a == b and a.tzinfo == b.tzinfo and a.fold == b.fold
         return None if same else (where, a, b)
-    fa = None if isinstance(a, (str, bytes, enum.Enum)) else _fields(a, True)
-    if fa is not None:
-        fb = _fields(b, True) or {}
-        for k, x in fa.items():
-            found = _first_difference(x, fb.get(k), f"{where}.{k}", depth + 1)
+    kind, names = _kind(t)
+    if kind == _DATACLASS:
+        for name in names:
+            x, y = getattr(a, name), getattr(b, name)
+            if type(x) in _SCALARS and type(y) is type(x) and x == y:
+                continue
+            found = _first_difference(x, y, f"{where}.{name}", depth + 1)
             if found is not None:
                 return found
         return None
+    if kind == _MODEL:
+        for name in type(a).model_fields:
+            found = _first_difference(
+                getattr(a, name), getattr(b, name), f"{where}.{name}", depth + 1
+            )
+            if found is not None:
+                return found
+        return None if a == b else (where, a, b)
     return None if a == b else (where, a, b)
 
 
