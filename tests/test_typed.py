@@ -756,3 +756,39 @@ def test_unresolvable_annotations_fall_back_to_untyped(
     step.__annotations__ = {"return": "NoSuchName"}
     assert d.duravoke(step)() == [1]
     assert "cannot be resolved" in caplog.text
+
+
+class Left(pydantic.BaseModel):
+    x: int
+
+
+class Right(pydantic.BaseModel):
+    x: int
+
+
+@dataclasses.dataclass
+class Loose:
+    extra: Any
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "where"),
+    [
+        (Left | Right, Right(x=1), "result"),  # the data fits Left first
+        (list[Left | Right], [Left(x=1), Right(x=2)], "result[1]"),
+        (Loose, Loose(Point(1, 2)), "result.extra"),  # Any rebuilds a dict
+        (Loose, Loose((1, 2)), None),  # ...but tagged values keep their type under Any
+    ],
+    ids=["look-alike-union", "look-alike-in-list", "dataclass-under-any", "tuple-under-any"],
+)
+def test_ambiguous_annotations_refuse_what_would_change(
+    tmp_path: Path, annotation: Any, value: Any, where: str | None
+) -> None:
+    d = instance(tmp_path)
+    fn = d.duravoke(annotated(annotation, lambda: value))
+    if where is None:
+        same(value, fn())
+        return
+    with pytest.raises(duravoke.SerializationError, match="come back as") as info:
+        fn()
+    assert info.value.where == where
