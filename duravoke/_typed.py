@@ -374,44 +374,67 @@ _JSON_SCALARS = frozenset((str, int, bool, float, _NoneType))
 
 
 def _from(d: Any) -> Any:
+    """Undo the tags of :func:`to_data`; the classes are built afterwards, by pydantic."""
     t = type(d)
-    if t is str or t is int or t is bool or t is float or d is None:
-        return d
     if t is list:
         return [x if type(x) in _JSON_SCALARS else _from(x) for x in d]
-    if t is not dict:
-        raise ValueError(f"not JSON data: {t.__name__}")
-    if "$t" not in d:
-        return {k: x if type(x) in _JSON_SCALARS else _from(x) for k, x in d.items()}
-    tag, payload = d["$t"], d.get("v")
-    if len(d) != 2 or "v" not in d:
-        raise ValueError(f"malformed tagged value: {d!r:.200}")
-    if tag in ("tuple", "set", "frozenset", "dict", "zdatetime") and type(payload) is not list:
-        raise ValueError(f"malformed {tag!r} value: {payload!r:.100}")
-    if tag == "tuple":
-        return tuple(_from(x) for x in payload)
-    if tag in {"set", "frozenset"}:
-        items = [_from(x) for x in payload]
+    if t is dict:
+        if "$t" not in d:
+            return {k: x if type(x) in _JSON_SCALARS else _from(x) for k, x in d.items()}
+        tag = d["$t"]
+        undo = _UNTAG.get(tag) if type(tag) is str else None
+        if undo is None or len(d) != 2 or "v" not in d:
+            return _JSON.decode(d)  # the serializer's own leaf tags; ValueError for others
+        return undo(d["v"])
+    if t in _JSON_SCALARS:
+        return d
+    raise ValueError(f"not JSON data: {t.__name__}")
+
+
+def _items(v: Any) -> list[Any]:
+    if type(v) is not list:
+        raise ValueError(f"malformed tagged value: {v!r:.100}")
+    return [x if type(x) in _JSON_SCALARS else _from(x) for x in v]
+
+
+def _untag_set(build: Callable[[list[Any]], Any]) -> Callable[[Any], Any]:
+    def undo(v: Any) -> Any:
+        items = _items(v)
         try:
-            return set(items) if tag == "set" else frozenset(items)
+            return build(items)
         except TypeError:  # members that are dataclasses in the data: the annotation builds them
             return items
-    if tag == "dict":
-        if any(type(p) is not list or len(p) != 2 for p in payload):
-            raise ValueError("malformed 'dict' value: expected [key, value] pairs")
-        try:
-            return {_from(k): _from(x) for k, x in payload}
-        except TypeError as exc:
-            raise ValueError(f"malformed 'dict' value: {exc}") from None
-    if tag == "zdatetime":
-        if len(payload) != 2 or not all(type(x) is str for x in payload):
-            raise ValueError(f"malformed 'zdatetime' value: {payload!r:.100}")
-        try:
-            # ZoneInfo refuses keys that are paths; the instant is kept, the zone restored.
-            return dt.datetime.fromisoformat(payload[0]).astimezone(ZoneInfo(payload[1]))
-        except (ValueError, LookupError, OSError) as exc:
-            raise ValueError(f"malformed 'zdatetime' value {payload!r:.100}: {exc}") from None
-    return _JSON.decode(d)  # the serializer's own leaf tags; ValueError for unknown ones
+
+    return undo
+
+
+def _untag_dict(v: Any) -> dict[Any, Any]:
+    pairs = _items(v)
+    if any(type(p) is not list or len(p) != 2 for p in pairs):
+        raise ValueError("malformed 'dict' value: expected [key, value] pairs")
+    try:
+        return dict(pairs)
+    except TypeError as exc:
+        raise ValueError(f"malformed 'dict' value: {exc}") from None
+
+
+def _untag_zoned(v: Any) -> dt.datetime:
+    if type(v) is not list or len(v) != 2 or type(v[0]) is not str or type(v[1]) is not str:
+        raise ValueError(f"malformed 'zdatetime' value: {v!r:.100}")
+    try:
+        # ZoneInfo refuses keys that are paths; the instant is kept, the zone restored.
+        return dt.datetime.fromisoformat(v[0]).astimezone(ZoneInfo(v[1]))
+    except (ValueError, LookupError, OSError) as exc:
+        raise ValueError(f"malformed 'zdatetime' value {v!r:.100}: {exc}") from None
+
+
+_UNTAG: dict[str, Callable[[Any], Any]] = {
+    "tuple": lambda v: tuple(_items(v)),
+    "set": _untag_set(set),
+    "frozenset": _untag_set(frozenset),
+    "dict": _untag_dict,
+    "zdatetime": _untag_zoned,
+}
 
 
 # --- the codec -----------------------------------------------------------------
