@@ -10,6 +10,7 @@ prints, per step, the first run (record) and a re-run (replay), the best of the 
 - record ratio: dataclass record us / dict record us; target <= 2x (issue 14). With
   ``fsync`` durability the disk dominates; ``flush`` shows the codec's own share.
 - typed replay us: per replayed dataclass step; budget 10 us (DESIGN.md section 9).
+- replay cpu us: CPU time per replayed step, dict / dataclass (see ``timed_run``).
 - codec us: encode + rebuild of one value with no store at all, for the curious.
 
 The benchmark reports; it never gates: it exits 0 whatever the verdicts.
@@ -81,9 +82,14 @@ def make_dict(i: int) -> dict[str, Any]:
 
 def timed_run(
     folder: Path, durability: Literal["fsync", "flush"], kind: str, n: int
-) -> tuple[float, float]:
-    """(record us per step, replay us per step) for one fresh workflow of ``n`` steps."""
+) -> tuple[float, float, float]:
+    """(record us, replay us, replay CPU us) per step for one fresh workflow of ``n`` steps.
+
+    Replay does no I/O, so its CPU time (``thread_time``) is what it costs on a machine
+    busy with other work, where wall time also counts the waits for a core.
+    """
     per_step: list[float] = []
+    cpu = 0.0
     for _ in range(2):  # first run records, second replays
         d = duravoke.Duravoke(duravoke.DirectoryStore(folder, durability=durability))
         if kind == "dataclass":
@@ -102,13 +108,14 @@ def timed_run(
         gc.disable()
         try:
             with d.workflow(f"bench-{kind}"):
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 for i in range(n):
                     step(i)
                 per_step.append((time.perf_counter() - t0) / n * 1e6)
+                cpu = (time.thread_time() - c0) / n * 1e6
         finally:
             gc.enable()
-    return per_step[0], per_step[1]
+    return per_step[0], per_step[1], cpu
 
 
 def codec_us(kind: str, reps: int = 20_000) -> float:
@@ -147,7 +154,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         for durability in ("fsync", "flush"):
-            samples: dict[str, list[tuple[float, float]]] = {"dict": [], "dataclass": []}
+            samples: dict[str, list[tuple[float, float, float]]] = {"dict": [], "dataclass": []}
             for rep in range(args.reps):
                 for kind in ("dict", "dataclass"):  # interleaved: drift hits both alike
                     folder = root / f"{durability}-{kind}-{rep}"
@@ -155,6 +162,7 @@ def main() -> None:
                     shutil.rmtree(folder, ignore_errors=True)
             rec = {k: min(s[0] for s in v) for k, v in samples.items()}
             rep_ = {k: min(s[1] for s in v) for k, v in samples.items()}
+            cpu = {k: min(s[2] for s in v) for k, v in samples.items()}
             ratio = rec["dataclass"] / rec["dict"]
             rows.append(
                 {
@@ -167,6 +175,8 @@ def main() -> None:
                     "dict_replay_us": rep_["dict"],
                     "dataclass_replay_us": rep_["dataclass"],
                     "replay_verdict": "PASS" if rep_["dataclass"] <= MAX_REPLAY_US else "FAIL",
+                    "dict_replay_cpu_us": cpu["dict"],
+                    "dataclass_replay_cpu_us": cpu["dataclass"],
                 }
             )
     finally:
@@ -179,7 +189,7 @@ def main() -> None:
     print(f"typed results, {args.steps} steps per workflow, best of {args.reps} runs")
     head = (
         f"{'durability':<10} {'dict rec us':>11} {'dc rec us':>10} {'ratio':>6} {'<=2x':>5}"
-        f" {'dict replay us':>14} {'dc replay us':>12} {'<=10us':>6}"
+        f" {'dict replay us':>14} {'dc replay us':>12} {'<=10us':>6} {'replay cpu us':>15}"
     )
     print(head)
     for r in rows:
@@ -188,6 +198,7 @@ def main() -> None:
             f" {r['record_ratio']:>5.2f}x {r['record_verdict']:>5}"
             f" {r['dict_replay_us']:>14.1f} {r['dataclass_replay_us']:>12.1f}"
             f" {r['replay_verdict']:>6}"
+            f" {r['dict_replay_cpu_us']:>6.1f} / {r['dataclass_replay_cpu_us']:>6.1f}"
         )
     print(
         f"codec alone (encode + rebuild, no store): dict {codec['dict']:.1f} us,"

@@ -542,6 +542,9 @@ class ResultCodec:
         self._kind: int | None = None
         self._annotation: Any = None
         self._adapter: Any = None
+        #: Whether a rebuilt value can be equal to the original yet of another type
+        #: (see _loose); then every record is compared type by type, not just with ==.
+        self._exact = False
 
     def prepare(self) -> None:
         """Read the return annotation once; refuse one that cannot be recorded.
@@ -588,6 +591,7 @@ class ResultCodec:
             ) from None
         self._annotation = annotation
         self._adapter = adapter
+        self._exact = adapter is not None and _loose(adapter.core_schema)
         self._kind = kind
 
     @staticmethod
@@ -664,7 +668,9 @@ class ResultCodec:
             ) from None
         # Lax validation would turn a "5" in an int field into 5, an Any-typed
         # dataclass into a dict, a Dog into a look-alike Cat: refuse what changes.
-        found = _first_difference(value, rebuilt, "result")
+        found = None
+        if self._exact or rebuilt != value:
+            found = _first_difference(value, rebuilt, "result")
         if found is not None:
             where, was, now = found
             raise SerializationError(
@@ -677,6 +683,29 @@ class ResultCodec:
                 type_name=_type_name(type(was)),
             )
         return encoded, rebuilt
+
+
+def _loose(schema: Any) -> bool:
+    """Whether a value rebuilt by this core schema can be == the original yet not the same.
+
+    ``Any`` keeps an IntEnum's value only, a union may pick a look-alike class, an
+    IntEnum or StrEnum member equals the int or str it was built from, a NamedTuple the
+    tuple. Without these, ``==`` (dataclasses and models compare their class) suffices.
+    """
+    stack, seen = [schema], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if kind in ("any", "union", "named-tuple") or (kind == "enum" and node.get("sub_type")):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return False
 
 
 def result_codec(fn: Callable[..., Any], name: str, serializer: Serializer) -> ResultCodec:

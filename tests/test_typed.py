@@ -792,3 +792,22 @@ def test_ambiguous_annotations_refuse_what_would_change(
     with pytest.raises(duravoke.SerializationError, match="come back as") as info:
         fn()
     assert info.value.where == where
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "where"),
+    [
+        (Pair, (1, Color.RED), "result"),  # a tuple equals the NamedTuple it would become
+        (Loose, Loose(Level.HIGH), "result.extra"),  # under Any an IntEnum becomes its int
+        (dict[str, Mode], {"m": "fast"}, "result['m']"),  # a str equals its str-Enum member
+    ],
+    ids=["tuple-for-namedtuple", "intenum-under-any", "str-for-str-enum"],
+)
+def test_equal_values_of_another_type_are_refused(
+    tmp_path: Path, annotation: Any, value: Any, where: str
+) -> None:
+    d = instance(tmp_path)
+    fn = d.duravoke(annotated(annotation, lambda: value))
+    with pytest.raises(duravoke.SerializationError, match="come back as") as info:
+        fn()
+    assert info.value.where == where
