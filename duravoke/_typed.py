@@ -28,6 +28,7 @@ pydantic is imported only when an annotation needs it (the ``typed`` extra).
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -525,6 +526,12 @@ def _import_pydantic(annotation: Any) -> Any:
     return pydantic
 
 
+#: Building an adapter takes milliseconds: shared by every function (and instance)
+#: annotated alike, as a program re-decorates its functions for each Duravoke instance.
+_ADAPTERS: dict[Any, Any] = {}
+_MAX_ADAPTERS = 1024
+
+
 class ResultCodec:
     """Records and rebuilds one decorated function's results, by its return annotation.
 
@@ -542,6 +549,7 @@ class ResultCodec:
         self._kind: int | None = None
         self._annotation: Any = None
         self._adapter: Any = None
+        self._validate: Callable[[Any], Any] | None = None
         #: Whether a rebuilt value can be equal to the original yet of another type
         #: (see _loose); then every record is compared type by type, not just with ==.
         self._exact = False
@@ -591,14 +599,27 @@ class ResultCodec:
             ) from None
         self._annotation = annotation
         self._adapter = adapter
+        # The adapter's compiled validator itself: TypeAdapter.validate_python is a
+        # Python wrapper around it that costs a microsecond per replay.
+        self._validate = None if adapter is None else adapter.validator.validate_python
         self._exact = adapter is not None and _loose(adapter.core_schema)
         self._kind = kind
 
     @staticmethod
     def _build(annotation: Any) -> Any:
+        try:
+            cached = _ADAPTERS.get(annotation)
+        except TypeError:  # an unhashable annotation (Annotated with a list, say)
+            cached = None
+        if cached is not None:
+            return cached
         pydantic = _import_pydantic(annotation)
         try:
-            return pydantic.TypeAdapter(annotation)
+            adapter = pydantic.TypeAdapter(annotation)
+            if len(_ADAPTERS) < _MAX_ADAPTERS:
+                with contextlib.suppress(TypeError):
+                    _ADAPTERS[annotation] = adapter
+            return adapter
         except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError) as exc:
             why = str(exc).split("\n", 1)[0]
             raise _Refused(
@@ -633,6 +654,9 @@ class ResultCodec:
             ValueError: the data is malformed or does not fit the annotation.
         """
         if type(data) is dict and data.get("$t") == _TYPED_TAG:
+            validate = self._validate
+            if validate is not None and len(data) == 2:
+                return validate(_from(data["v"]))
             self.prepare()
             if self._adapter is None:
                 raise ValueError(
