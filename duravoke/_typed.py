@@ -33,6 +33,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import inspect
 import io
 import logging
 import math
@@ -339,6 +340,12 @@ def to_data(value: object, *, where: str = "result") -> JSONValue:
         return _to(value, False)  # type: ignore[no-any-return]
     except _Unsupported as exc:
         raise _unsupported(value, where, exc, "typed data") from None
+    except RecursionError:
+        name = _type_name(type(value))
+        why = "it contains itself, or is nested deeper than the recursion limit allows"
+        raise SerializationError(
+            f"cannot record {where}: {why}", where=where, type_name=name
+        ) from None
 
 
 def identity_data(value: object, *, where: str) -> JSONValue:
@@ -573,37 +580,60 @@ class ResultCodec:
             # A serializer of the user's own (pickle) records what it records.
             self._kind = _PLAIN
             return
+        target = inspect.unwrap(self._fn)
+        raw = getattr(target, "__annotations__", {}).get("return", _NoneType)
         try:
-            hints = typing.get_type_hints(self._fn, include_extras=True)
-        except Exception as exc:  # NameError, TypeError... from the user's annotations
+            # Only the return annotation: a parameter's (a name imported for type
+            # checkers only) must not stop its results from being typed.
+            only = types.SimpleNamespace(__annotations__={"return": raw})
+            globalns = getattr(target, "__globals__", {})
+            annotation = typing.get_type_hints(only, globalns, include_extras=True)["return"]
+        except Exception as exc:  # NameError, TypeError... from the user's annotation
             logger.warning(
-                "%s(): its annotations cannot be resolved (%r), so its results are recorded"
-                " untyped",
+                "%s(): its return annotation %r cannot be resolved (%r), so its results are"
+                " recorded untyped",
                 self.name,
+                raw,
                 exc,
             )
             self._kind = _PLAIN
             return
-        annotation = hints.get("return")
         try:
             kind = _classify(annotation)
-            adapter = None if kind == _PLAIN else self._build(annotation)
+            # A plain annotation holding a datetime needs pydantic only for a zoned value.
+            self._annotation = annotation
+            if kind == _TYPED:
+                self._use(self._build(annotation))
         except _Refused as exc:
-            raise SerializationError(
-                f"{self.name}(): its results cannot be recorded: {exc.why}. Return data"
-                " instead: JSON types, a dataclass, an Enum, a NamedTuple, a TypedDict or a"
-                " pydantic model (nested as you like), and annotate the function with it.",
-                function=self.name,
-                where="result",
-                type_name=exc.type_name,
-            ) from None
-        self._annotation = annotation
+            raise self._refused(exc) from None
+        self._kind = kind
+
+    def _refused(self, exc: _Refused) -> SerializationError:
+        return SerializationError(
+            f"{self.name}(): its results cannot be recorded: {exc.why}. Return data"
+            " instead: JSON types, a dataclass, an Enum, a NamedTuple, a TypedDict or a"
+            " pydantic model (nested as you like), and annotate the function with it.",
+            function=self.name,
+            where="result",
+            type_name=exc.type_name,
+        )
+
+    def _use(self, adapter: Any) -> None:
         self._adapter = adapter
+        self._exact = _loose(adapter.core_schema)
         # The adapter's compiled validator itself: TypeAdapter.validate_python is a
         # Python wrapper around it that costs a microsecond per replay.
-        self._validate = None if adapter is None else adapter.validator.validate_python
-        self._exact = adapter is not None and _loose(adapter.core_schema)
-        self._kind = kind
+        self._validate = adapter.validator.validate_python
+
+    def _ensure_adapter(self) -> None:
+        """Build the adapter of a plain-but-zoned annotation, once it is needed."""
+        if self._adapter is None and self._kind == _ZONED:
+            with self._lock:
+                if self._adapter is None:
+                    try:
+                        self._use(self._build(self._annotation))
+                    except _Refused as exc:
+                        raise self._refused(exc) from None
 
     @staticmethod
     def _build(annotation: Any) -> Any:
@@ -642,6 +672,7 @@ class ResultCodec:
                 return self._serializer.encode(value, where=where)
             except SerializationError:
                 pass  # a zoned datetime, say: the typed record keeps its zone
+            self._ensure_adapter()
         return _tag(_TYPED_TAG, to_data(value, where=where))
 
     def decode(self, data: JSONValue) -> object:
@@ -658,6 +689,10 @@ class ResultCodec:
             if validate is not None and len(data) == 2:
                 return validate(_from(data["v"]))
             self.prepare()
+            try:
+                self._ensure_adapter()
+            except SerializationError as exc:
+                raise ValueError(str(exc)) from None
             if self._adapter is None:
                 raise ValueError(
                     f"a typed record, but {self.name}() has no return annotation that can"

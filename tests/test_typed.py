@@ -532,7 +532,7 @@ async def test_unrecordable_annotations_are_refused_before_the_body_runs_async(
 
 def test_missing_pydantic_names_the_extra(tmp_path: Path) -> None:
     code = """
-import sys, dataclasses
+import sys, dataclasses, datetime
 sys.modules["pydantic"] = None  # as if it were not installed
 import duravoke
 assert "pydantic_core" not in sys.modules
@@ -544,9 +544,14 @@ d = duravoke.Duravoke(duravoke.InMemoryKKV())
 def plain() -> list[int]:
     return [1]
 @d.duravoke
+def when() -> datetime.datetime:  # plain unless a zoned value needs the typed form
+    return datetime.datetime(2026, 1, 1)
+@d.duravoke
 def f() -> P:
     raise AssertionError("ran")
 assert plain() == [1]
+assert when() == datetime.datetime(2026, 1, 1)
+assert "pydantic_core" not in sys.modules
 try:
     f()
 except duravoke.SerializationError as exc:
@@ -811,3 +816,42 @@ def test_equal_values_of_another_type_are_refused(
     with pytest.raises(duravoke.SerializationError, match="come back as") as info:
         fn()
     assert info.value.where == where
+
+
+def test_an_unresolvable_parameter_annotation_does_not_untype_the_result(tmp_path: Path) -> None:
+    d = instance(tmp_path)
+
+    def step(x: "OnlyForTypeCheckers") -> Point:  # type: ignore[name-defined]  # noqa: F821
+        return Point(x, x)
+
+    fn = d.duravoke(step)
+    for _ in range(2):
+        with d.workflow("w"):
+            same(Point(1, 1), fn(1))
+
+
+@dataclasses.dataclass(eq=False)
+class Node:
+    name: str
+    children: "list[Node]"
+
+
+def test_a_value_that_contains_itself_is_refused(tmp_path: Path) -> None:
+    d = instance(tmp_path)
+    loop = Node("a", [])
+    loop.children.append(loop)
+    fn = d.duravoke(annotated(Node, lambda: loop))
+    with pytest.raises(duravoke.SerializationError, match="contains itself"):
+        fn()
+
+
+def test_dataclasses_without_eq_still_round_trip(tmp_path: Path) -> None:
+    d = instance(tmp_path)
+    tree = Node("root", [Node("leaf", [])])
+    fn = d.duravoke(annotated(Node, lambda: tree))
+    for _ in range(2):
+        with d.workflow("w"):
+            got = fn()
+            assert type(got) is Node
+            assert got.children[0].name == "leaf"
+            assert type(got.children[0]) is Node
