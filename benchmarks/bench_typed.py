@@ -3,7 +3,8 @@
 Run ``python benchmarks/bench_typed.py`` (``--steps N``, ``--reps R``, ``--json``).
 Each row is a workflow of N sync steps on a fresh ``DirectoryStore`` whose steps return
 either an ``Order`` dataclass (annotated ``-> Order``: nested dataclasses, an enum, a
-zoned datetime, a set) or the dict a JSON user would return for the same data. It
+zoned datetime, a set) or the dict a JSON user would return for the same data; the
+``point`` row returns a two-field ``Point`` dataclass or ``{"x": .., "y": ..}``. It
 prints, per step, the first run (record) and a re-run (replay), the best of the reps
 (other load on the machine only ever adds time):
 
@@ -82,8 +83,14 @@ def make_dict(i: int) -> dict[str, Any]:
     return {"number": i, "status": "paid", "placed": placed, "lines": lines, "tags": {"gift"}}
 
 
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
 def timed_run(
-    folder: Path, durability: Literal["fsync", "flush"], kind: str, n: int
+    folder: Path, durability: Literal["fsync", "flush"], kind: str, n: int, shape: str = "order"
 ) -> tuple[float, float, float]:
     """(record us, replay us, replay CPU us) per step for one fresh workflow of ``n`` steps.
 
@@ -94,12 +101,24 @@ def timed_run(
     cpu = 0.0
     for _ in range(2):  # first run records, second replays
         d = duravoke.Duravoke(duravoke.DirectoryStore(folder, durability=durability))
-        if kind == "dataclass":
+        if shape == "point" and kind == "dataclass":
+
+            def point_step(i: int) -> Point:
+                return Point(i, -i)
+
+            step: Callable[[int], Any] = d.duravoke(name="order")(point_step)
+        elif shape == "point":
+
+            def xy_step(i: int) -> dict[str, int]:
+                return {"x": i, "y": -i}
+
+            step = d.duravoke(name="order")(xy_step)
+        elif kind == "dataclass":
 
             def order_step(i: int) -> Order:
                 return make_order(i)
 
-            step: Callable[[int], Any] = d.duravoke(name="order")(order_step)
+            step = d.duravoke(name="order")(order_step)
         else:
 
             def dict_step(i: int) -> dict[str, Any]:
@@ -155,12 +174,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-typed-"))
     rows: list[dict[str, Any]] = []
     try:
-        for durability in ("fsync", "flush"):
+        for durability, shape in (("fsync", "order"), ("flush", "order"), ("flush", "point")):
             samples: dict[str, list[tuple[float, float, float]]] = {"dict": [], "dataclass": []}
             for rep in range(args.reps):
                 for kind in ("dict", "dataclass"):  # interleaved: drift hits both alike
-                    folder = root / f"{durability}-{kind}-{rep}"
-                    samples[kind].append(timed_run(folder, durability, kind, args.steps))
+                    folder = root / f"{durability}-{shape}-{kind}-{rep}"
+                    samples[kind].append(timed_run(folder, durability, kind, args.steps, shape))
                     shutil.rmtree(folder, ignore_errors=True)
             rec = {k: min(s[0] for s in v) for k, v in samples.items()}
             rep_ = {k: min(s[1] for s in v) for k, v in samples.items()}
@@ -172,6 +191,7 @@ def main() -> None:
             rows.append(
                 {
                     "durability": durability,
+                    "value": shape,
                     "steps": args.steps,
                     "dict_record_us": rec["dict"],
                     "dataclass_record_us": rec["dataclass"],
@@ -193,13 +213,15 @@ def main() -> None:
         return
     print(f"typed results, {args.steps} steps per workflow, best of {args.reps} runs")
     head = (
-        f"{'durability':<10} {'dict rec us':>11} {'dc rec us':>10} {'ratio':>6} {'<=2x':>5}"
+        f"{'durability':<10} {'value':<6} {'dict rec us':>11} {'dc rec us':>10}"
+        f" {'ratio':>6} {'<=2x':>5}"
         f" {'dict replay us':>14} {'dc replay us':>12} {'<=10us':>6} {'replay cpu us':>15}"
     )
     print(head)
     for r in rows:
         print(
-            f"{r['durability']:<10} {r['dict_record_us']:>11.1f} {r['dataclass_record_us']:>10.1f}"
+            f"{r['durability']:<10} {r['value']:<6} {r['dict_record_us']:>11.1f}"
+            f" {r['dataclass_record_us']:>10.1f}"
             f" {r['record_ratio']:>5.2f}x {r['record_verdict']:>5}"
             f" {r['dict_replay_us']:>14.1f} {r['dataclass_replay_us']:>12.1f}"
             f" {r['replay_verdict']:>6}"
