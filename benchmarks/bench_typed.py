@@ -174,7 +174,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-typed-"))
     rows: list[dict[str, Any]] = []
     try:
-        for durability, shape in (("fsync", "order"), ("flush", "order"), ("flush", "point")):
+        rows_wanted: list[tuple[Literal["fsync", "flush"], str]] = [
+            ("fsync", "order"),
+            ("flush", "order"),
+            ("flush", "point"),
+        ]
+        for durability, shape in rows_wanted:
             samples: dict[str, list[tuple[float, float, float]]] = {"dict": [], "dataclass": []}
             for rep in range(args.reps):
                 for kind in ("dict", "dataclass"):  # interleaved: drift hits both alike
