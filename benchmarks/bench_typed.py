@@ -146,21 +146,22 @@ def codec_us(kind: str, reps: int = 20_000) -> float:
         def f() -> Order:
             raise NotImplementedError
 
-        codec = ResultCodec(f, "f", duravoke.JSONSerializer())
+        codec = ResultCodec(f, "f")
         value: Any = make_order(1)
     else:
 
         def g() -> dict[str, Any]:
             raise NotImplementedError
 
-        codec = ResultCodec(g, "g", duravoke.JSONSerializer())
+        codec = ResultCodec(g, "g")
         value = make_dict(1)
-    codec.prepare()
+    serializer = duravoke.JSONSerializer()
+    codec.prepare(serializer)
     best = []
     for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(reps):
-            codec.record(value)
+            codec.record(value, serializer)
         best.append((time.perf_counter() - t0) / reps * 1e6)
     return min(best)
 

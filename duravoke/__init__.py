@@ -5,14 +5,12 @@ is killed, run it again and every call whose result was recorded returns that re
 instead of running again. See the README for the promise, the API and the state format.
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING, Any
 
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
-
-from ._decorator import make_durable as _make_durable
 from ._duravoke import Duravoke as Duravoke
+from ._duravoke import default_instance as default_instance
+from ._duravoke import duravoke as duravoke
+from ._duravoke import workflow as workflow
 from ._errors import CorruptStateError as CorruptStateError
 from ._errors import DuravokeError as DuravokeError
 from ._errors import OutsideStepError as OutsideStepError
@@ -21,23 +19,28 @@ from ._errors import StoreError as StoreError
 from ._errors import WorkflowBusyError as WorkflowBusyError
 from ._errors import WorkflowError as WorkflowError
 from ._errors import WorkflowNotFoundError as WorkflowNotFoundError
+from ._executor import ThreadPoolExecutor as ThreadPoolExecutor
 from ._filestore import DirectoryStore as DirectoryStore
 from ._filestore import PersistedKKV as PersistedKKV
-from ._inspect import StepInfo as StepInfo
-from ._inspect import WorkflowInfo as WorkflowInfo
-from ._inspect import forget as forget
-from ._inspect import get_workflow as get_workflow
-from ._inspect import list_workflows as list_workflows
+from ._info import StepInfo as StepInfo
+from ._info import WorkflowInfo as WorkflowInfo
+from ._info import forget as forget
+from ._info import get_workflow as get_workflow
+from ._info import list_workflows as list_workflows
+from ._memory import InMemoryKKV as InMemoryKKV
+from ._open import open_store as open_store
 from ._serializer import JSONSerializer as JSONSerializer
 from ._serializer import PickleSerializer as PickleSerializer
 from ._serializer import Serializer as Serializer
-from ._store import InMemoryKKV as InMemoryKKV
 from ._store import Lease as Lease
 from ._store import Store as Store
-from ._stores import open_store as open_store
-from ._testing import throwaway_store as throwaway_store
+from ._version import __version__ as __version__
 from ._workflow import Workflow as Workflow
 from ._workflow import idempotency_key as idempotency_key
+from .testing import throwaway_store as throwaway_store
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore as PostgresStore
 
 __all__ = [
     "CorruptStateError",
@@ -56,6 +59,7 @@ __all__ = [
     "StepInfo",
     "Store",
     "StoreError",
+    "ThreadPoolExecutor",
     "Workflow",
     "WorkflowBusyError",
     "WorkflowError",
@@ -72,66 +76,12 @@ __all__ = [
     "workflow",
 ]
 
-__version__ = "0.2.0"
-
-if TYPE_CHECKING:
-    from ._postgres import PostgresStore as PostgresStore
-
 
 def __getattr__(name: str) -> Any:
-    # PostgresStore needs psycopg, which users of the file stores need not install.
+    # Imported on first use: psycopg loads only for programs that use the Postgres store
+    # (and PostgresStore() says what to install when psycopg is missing).
     if name == "PostgresStore":
         from ._postgres import PostgresStore
 
         return PostgresStore
     raise AttributeError(f"module 'duravoke' has no attribute {name!r}")
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-_default: Duravoke | None = None
-_default_guard = threading.Lock()
-
-
-def default_instance() -> Duravoke:
-    """The instance behind the module-level :func:`duravoke` and :func:`workflow`.
-
-    Its store is a :class:`DirectoryStore` in ``$DURAVOKE_HOME`` or the user state folder.
-    """
-    global _default
-    with _default_guard:
-        if _default is None:
-            _default = Duravoke()
-        return _default
-
-
-@overload
-def duravoke(fn: Callable[_P, _R], /) -> Callable[_P, _R]: ...
-
-
-@overload
-def duravoke(
-    fn: None = None, /, *, name: str | None = None, key: Callable[..., Any] | None = None
-) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]: ...
-
-
-def duravoke(
-    fn: Callable[_P, _R] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    key: Callable[..., Any] | None = None,
-) -> Callable[_P, _R] | Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Make a function durable, recording into the default store.
-
-    See :meth:`Duravoke.duravoke` for the arguments.
-    """
-    if fn is not None:
-        return _make_durable(default_instance(), fn, name, key)
-    return default_instance().duravoke(name=name, key=key)
-
-
-def workflow(workflow_id: str, *, timeout: float | None = None) -> Workflow:
-    """Name a run of the default instance; see :meth:`Duravoke.workflow`."""
-    return default_instance().workflow(workflow_id, timeout=timeout)

@@ -1,4 +1,4 @@
-"""The ``duravoke`` command: list, show, forget and locate recorded workflows.
+"""The ``duravoke`` command: list, show, forget and locate recorded workflows, or serve a page.
 
 Exit status: 0 on success, 1 when a workflow is not found, running, or damaged (or the
 store cannot be read), 2 for a usage error. Errors are one line on stderr.
@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from ._errors import DuravokeError, WorkflowNotFoundError
-from ._inspect import (
+from ._info import (
     StepInfo,
     WorkflowInfo,
     forget,
@@ -30,6 +30,7 @@ from ._inspect import (
 )
 from ._serializer import JSONSerializer
 from ._store import Store
+from ._version import __version__
 
 __all__ = ["main"]
 
@@ -77,8 +78,6 @@ def _parser() -> argparse.ArgumentParser:
         prog="duravoke",
         description="Inspect and manage the workflows that duravoke recorded.",
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"duravoke {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
@@ -87,23 +86,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
     cmd.add_argument("--wide", action="store_true", help="do not shorten long ids")
+    cmd.add_argument(
+        "--status",
+        action="append",
+        metavar="S",
+        help="only workflows with this status (repeat, or separate with commas)",
+    )
+    cmd.add_argument("--prefix", metavar="P", help="only workflows whose id starts with P")
+    cmd.add_argument("--limit", type=_count, metavar="N", help="at most N workflows, newest first")
     cmd.set_defaults(command=_list)
 
     cmd = commands.add_parser("show", parents=[common], help="show a workflow's steps as a tree")
-    cmd.add_argument("id", help="the workflow id")
+    cmd.add_argument("id", help=_ID_HELP)
     cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
     cmd.set_defaults(command=_show)
 
     cmd = commands.add_parser(
         "forget", parents=[common], help="delete a workflow's state, so it starts afresh"
     )
-    cmd.add_argument("id", help="the workflow id")
+    cmd.add_argument("id", help=_ID_HELP)
     cmd.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     cmd.set_defaults(command=_forget)
 
     cmd = commands.add_parser("where", parents=[common], help="print where the store is")
     cmd.set_defaults(command=_where)
+
+    cmd = commands.add_parser(
+        "ui", parents=[common], help="serve a page to look at workflows, until Ctrl-C"
+    )
+    cmd.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1: this machine only); another"
+        " one lets others read every workflow, and is warned about",
+    )
+    cmd.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any)")
+    cmd.add_argument("--open", action="store_true", help="open the page in a browser")
+    cmd.set_defaults(command=_ui)
     return parser
+
+
+_ID_HELP = "the workflow id, a unique prefix of it, or its shortened form as `list` shows it"
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
 
 
 def _store(args: argparse.Namespace) -> Store:
@@ -114,15 +144,16 @@ def _store(args: argparse.Namespace) -> Store:
 
 def _list(args: argparse.Namespace) -> int:
     store = _store(args)
-    workflows = list_workflows(store)
+    workflows = _filtered(list_workflows(store), args)
     if args.json:
         _print_json([_workflow_json(w, steps=False) for w in workflows])
         return 0
     if not workflows:
-        print("no workflows recorded in", _safe(store.location))
+        filtered = args.status or args.prefix or args.limit is not None
+        print("no workflows", "match" if filtered else "recorded in", _safe(store.location))
         return 0
     width = max(_WIDTH, _terminal_width())
-    ids = [_safe(w.id) for w in workflows]
+    ids = [_safe(w.id) if w.id else "(unreadable)" for w in workflows]
     rest = 4 * 2 + _STATUS_WIDTH + _STEPS_WIDTH + 2 * _TIME_WIDTH
     id_width = max(2, min(max(_width(i) for i in ids), width - rest))
     if args.wide:
@@ -131,10 +162,68 @@ def _list(args: argparse.Namespace) -> int:
     now = datetime.now().astimezone()
     for info, text in zip(workflows, ids, strict=True):
         started, updated = _when(info.started, now), _when(info.updated, now)
+        if info.status == "corrupt":  # where to look: the damaged file
+            started, updated = "-", _safe(info.path or "")
         print(
             _row(_shorten(text, id_width), id_width, info.status, info.steps_done, started, updated)
         )
     return 0
+
+
+def _filtered(workflows: list[WorkflowInfo], args: argparse.Namespace) -> list[WorkflowInfo]:
+    if args.status:
+        wanted = {s.strip() for value in args.status for s in value.split(",") if s.strip()}
+        workflows = [w for w in workflows if w.status in wanted]
+    if args.prefix:
+        workflows = [w for w in workflows if w.id.startswith(args.prefix)]
+    return workflows if args.limit is None else workflows[: args.limit]
+
+
+def _resolve_id(text: str, store: Store) -> str:
+    """The workflow id that ``text`` names: itself, a unique prefix, or ``head…tail``.
+
+    ``list`` shortens long ids in the middle with an ellipsis; pasting that back works.
+
+    Text that matches nothing comes back as it is, for :func:`get_workflow` to report.
+
+    Raises:
+        WorkflowNotFoundError: several workflows match (the message lists some of them).
+    """
+    if not text:
+        return text
+    try:
+        if store.read(text) is not None:
+            return text
+    except DuravokeError:
+        return text  # damaged: get_workflow() says how, and forget() still works
+    head, ellipsis, tail = text.partition("\u2026")
+    candidates = []
+    try:
+        ids = store.workflow_ids()
+    except DuravokeError:
+        return text  # damaged: get_workflow() on the id says how
+    for workflow_id in ids:
+        shown = _safe(workflow_id)  # what list printed, escapes and all
+        if ellipsis:
+            if (
+                len(shown) >= len(head) + len(tail)
+                and shown.startswith(head)
+                and shown.endswith(tail)
+            ):
+                candidates.append(workflow_id)
+        elif workflow_id.startswith(text) or shown.startswith(text):
+            candidates.append(workflow_id)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        return text  # get_workflow() reports it as not found
+    listed = ", ".join(short_repr(c, 40) for c in sorted(candidates)[:5])
+    more = f" and {len(candidates) - 5} more" if len(candidates) > 5 else ""
+    raise WorkflowNotFoundError(
+        f"{short_repr(text)} matches {len(candidates)} workflows: {listed}{more};"
+        " give more of the id (`duravoke list --wide` shows them whole).",
+        workflow_id=text,
+    )
 
 
 def _row(workflow_id: str, id_width: int, *cells: object) -> str:
@@ -146,7 +235,8 @@ def _row(workflow_id: str, id_width: int, *cells: object) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    info = get_workflow(args.id, _store(args))
+    store = _store(args)
+    info = get_workflow(_resolve_id(args.id, store), store)
     if args.json:
         _print_json(_workflow_json(info, steps=True))
         return 0
@@ -162,10 +252,16 @@ def _show(args: argparse.Namespace) -> int:
     if not lines:
         return 0
     label_width = min(48, max(_width(label) for label, _ in lines))
+    # A step with no record of its end is in flight: still running, or it was when its
+    # run stopped (it runs again next time).
+    in_flight = "running" if info.status == "running" else "in flight when the run stopped"
     print()
     for label, step in lines:
         if step is None:
-            print(f"{label}  (in progress or interrupted; not recorded)")
+            print(f"{_pad(_shorten(label, label_width), label_width)}  {in_flight}")
+            continue
+        if step.status in ("running", "interrupted"):
+            print(f"{_pad(_shorten(label, label_width), label_width)}  {in_flight}")
             continue
         outcome = step.result_preview if step.status == "completed" else step.error or ""
         print(
@@ -177,11 +273,12 @@ def _show(args: argparse.Namespace) -> int:
 
 def _forget(args: argparse.Namespace) -> int:
     store = _store(args)
-    workflow_id: str = args.id
+    workflow_id = _resolve_id(args.id, store)
     name = short_repr(workflow_id)
     try:
         info = get_workflow(workflow_id, store)
-        what = f"and its {info.steps_done + info.steps_failed} recorded steps"
+        count = info.steps_done + info.steps_failed
+        what = f"and its {count} recorded step{'' if count == 1 else 's'}"
         if info.status == "running":
             _error(f"workflow {name} is running right now; forget it once it stops.")
             return 1
@@ -202,6 +299,12 @@ def _forget(args: argparse.Namespace) -> int:
     forget(workflow_id, store)
     print(f"Forgot workflow {name}.")
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from ._ui import serve  # the server is loaded only by those who run it
+
+    return serve(_store(args), args.host, args.port, open_browser=args.open)
 
 
 def _where(args: argparse.Namespace) -> int:
@@ -262,6 +365,8 @@ def _workflow_json(info: WorkflowInfo, *, steps: bool) -> dict[str, Any]:
         "updated": _iso(info.updated),
         "error": info.error,
     }
+    if info.path is not None:
+        out["path"] = info.path
     if steps:
         out["steps"] = [_step_json(s) for s in info.steps]
     return out
@@ -283,6 +388,7 @@ def _step_json(step: StepInfo) -> dict[str, Any]:
         "duration": step.duration,
         "args": args,
         "result_preview": step.result_preview,
+        "result": step.result_json,
         "error": step.error,
     }
 

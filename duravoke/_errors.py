@@ -18,8 +18,10 @@ Duravoke never wraps or swallows an exception raised by your own code.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
+    "ERROR_REPR_LIMIT",
     "CorruptStateError",
     "DuravokeError",
     "OutsideStepError",
@@ -28,11 +30,36 @@ __all__ = [
     "WorkflowBusyError",
     "WorkflowError",
     "WorkflowNotFoundError",
+    "check_format",
+    "corrupt_file",
+    "error_repr",
 ]
+
+#: The longest exception ``repr`` kept in a record, in characters.
+ERROR_REPR_LIMIT = 1000
+
+
+def error_repr(exc: BaseException) -> str:
+    """How a failure is recorded: its ``repr``, cut at :data:`ERROR_REPR_LIMIT` characters."""
+    return repr(exc)[:ERROR_REPR_LIMIT]
 
 
 class DuravokeError(Exception):
-    """Base class of every error duravoke raises on its own account."""
+    """Base class of every error duravoke raises on its own account.
+
+    Every duravoke error pickles with its attributes (a process pool or a task queue
+    sends exceptions across processes), whatever its constructor's keyword arguments.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[DuravokeError], args: tuple[Any, ...], attrs: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(attrs)
+    return error
 
 
 class SerializationError(DuravokeError, TypeError):
@@ -112,3 +139,27 @@ class StoreError(DuravokeError, OSError):
     def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else os.fspath(path)
+
+
+def corrupt_file(path: str | os.PathLike[str], why: str) -> CorruptStateError:
+    """The error for a damaged state file: what is wrong, and what to do about it."""
+    return CorruptStateError(
+        f"cannot load {os.fspath(path)}: {why}. The file was left untouched; restore it from a"
+        " backup, or `duravoke forget` the workflow to start it afresh (that discards every"
+        " step recorded for it).",
+        path=path,
+    )
+
+
+def check_format(
+    path: str | os.PathLike[str], fmt: object, expected: str, version: object, supported: int
+) -> None:
+    """Refuse a file of another format, or of a format version this duravoke cannot read."""
+    if fmt != expected:
+        raise corrupt_file(path, "it is not a duravoke state file")
+    if version != supported:
+        raise CorruptStateError(
+            f"{os.fspath(path)} has format version {version!r}, but this duravoke reads version"
+            f" {supported}. Upgrade duravoke to read it; the file was left untouched.",
+            path=path,
+        )

@@ -11,7 +11,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import filelock
+
 __all__ = [
+    "FrequentLock",
     "atomic_write",
     "ensure_folder",
     "fsync_folder",
@@ -19,6 +22,11 @@ __all__ = [
     "remove",
     "remove_leftovers",
 ]
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 # Windows cannot open a directory to fsync it; there os.replace is as durable as it gets.
 _CAN_FSYNC_FOLDERS = os.name == "posix"
@@ -52,11 +60,12 @@ def ensure_folder(folder: Path) -> None:
         fsync_folder(p.parent)
 
 
-def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, sync: bool = True, folder: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole.
 
     Write a temporary file in the same folder, flush and fsync it, ``os.replace`` it
-    over the target, then fsync the folder. The target is never truncated in place.
+    over the target, then fsync the folder (unless ``folder`` is false: a caller that
+    replaces many files fsyncs their folder once). The target is never truncated in place.
     """
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
@@ -70,7 +79,7 @@ def atomic_write(path: Path, data: bytes, *, sync: bool = True) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync:
+    if sync and folder:
         fsync_folder(path.parent)
 
 
@@ -106,3 +115,42 @@ def remove(path: Path, *, sync: bool = True) -> bool:
     if sync:
         fsync_folder(path.parent)
     return True
+
+
+class FrequentLock:
+    """A cross-process lock taken for every write of the log, so it must cost little.
+
+    filelock opens the lock file on every acquire and does bookkeeping that, for a lock
+    taken once per step, cost more than the step's own write. On POSIX this keeps the
+    file open and takes ``flock`` on it (two system calls a write); elsewhere it is a
+    :class:`filelock.FileLock`. Not reentrant; one holder per process at a time (callers
+    serialize their threads themselves).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._fallback = None if fcntl is not None else filelock.FileLock(path, mode=0o600)
+
+    def __enter__(self) -> None:
+        if self._fallback is not None:  # pragma: no cover - Windows
+            self._fallback.acquire()
+            return
+        if self._fd is None or self._pid != os.getpid():
+            # A forked child must not share its parent's open file (and with it the lock).
+            self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fallback is not None:  # pragma: no cover - Windows
+            self._fallback.release()
+            return
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (the lock must not be held)."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None

@@ -1,204 +1,408 @@
 """The stores that keep state in files: one folder of workflows, or one shared file.
 
-Each workflow has a snapshot (the readable JSON state file) and, while it runs, a
-journal of the records added since. Loading applies the journal over the snapshot;
-finishing a run compacts the journal into the snapshot with an atomic replace and
-removes it. Only the holder of the workflow's lock writes either file.
+Both keep the same two things:
+
+- the *log* (``_log``): every record of every workflow, appended in checksummed frames
+  to one store-wide file, so that records of many workflows written at the same moment
+  share one write and one fsync, and starting or finishing a workflow costs no fsync of
+  its own;
+- the *snapshots*: readable JSON state files (one per workflow, or one for all), into
+  which a checkpoint folds the log from time to time, with an index of every workflow's
+  summary, so that listing workflows or finding the due ones reads one file.
+
+A workflow's state is its snapshot with its records from the log applied on top.
+Applying a record twice changes nothing, so a checkpoint interrupted anywhere loses
+nothing. Only the holder of a workflow's lock appends that workflow's steps; messages
+are appended by anyone, without the lock.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import copy
 import hashlib
 import json
-import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import filelock
 import platformdirs
 
-from ._errors import CorruptStateError, StoreError
-from ._files import atomic_write, ensure_folder, read_bytes, remove, remove_leftovers
-from ._journal import Journal
-from ._state import (
-    Record,
-    State,
-    apply,
-    dump_snapshot,
-    load_snapshot,
-    new_state,
-    parse_journal,
-    status_event,
+from ._errors import CorruptStateError
+from ._files import (
+    atomic_write,
+    ensure_folder,
+    fsync_folder,
+    read_bytes,
+    remove,
+    remove_leftovers,
 )
-from ._store import Durability, Lease, Store
+from ._groupcommit import Ticket
+from ._identity import check_workflow_id
+from ._journal import read_legacy_journal
+from ._log import Entry, Log, decode_entries, read_frames
+from ._logging import logger
+from ._snapshot import dump_snapshot, load_snapshot
+from ._state import Record, State, apply, new_state, summarize
+from ._store import Durability, Lease, Store, check_durability
 
 __all__ = ["DirectoryStore", "PersistedKKV", "default_folder"]
 
-logger = logging.getLogger("duravoke")
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_INDEX_FORMAT = "duravoke-index"
+_INDEX_VERSION = 1
+#: A checkpoint starts once the log's active segment has grown this large.
+_CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: ...or once this much is logged and no run of this store object is going on.
+_IDLE_CHECKPOINT_BYTES = 256 * 1024
+
+_homes: dict[str, Path] = {}
 
 
 def default_folder() -> Path:
-    """The default store folder: ``$DURAVOKE_HOME``, else the user state folder."""
+    """The default store folder: ``$DURAVOKE_HOME``, else the user state folder.
+
+    A relative ``$DURAVOKE_HOME`` is resolved against the working directory of the first
+    use, once: a later ``chdir`` must not split the store in two.
+    """
     home = os.environ.get("DURAVOKE_HOME")
-    return (Path(home) if home else platformdirs.user_state_path("duravoke")).absolute()
+    if not home:
+        return platformdirs.user_state_path("duravoke").absolute()
+    folder = _homes.get(home)
+    if folder is None:
+        folder = _homes[home] = Path(home).absolute()
+    return folder
 
 
 def _file_stem(workflow_id: str) -> str:
     # Never the raw id: a readable, safe prefix for people, then a hash for uniqueness.
+    # No leading "-" (a file named like an option) or "." (hidden).
     digest = hashlib.sha256(workflow_id.encode("utf-8")).hexdigest()[:32]
-    slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_")
+    slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_-.")
     return f"{slug}.{digest}" if slug else digest
 
 
-def _check_id(workflow_id: object) -> str:
-    if not isinstance(workflow_id, str):
-        raise TypeError(f"a workflow id must be a str, not {type(workflow_id).__name__}")
-    try:
-        workflow_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"workflow id {workflow_id!r} is not valid Unicode text") from None
-    return workflow_id
+def _existing(folder: Path, workflow_id: str, suffix: str) -> Path:
+    """The workflow's file with ``suffix``: under its name, or under the name that
+    duravoke 0.2 gave it (a leading "-" or "." was kept then) if only that exists."""
+    path = folder / f"{_file_stem(workflow_id)}{suffix}"
+    if not path.exists():
+        digest = hashlib.sha256(workflow_id.encode("utf-8")).hexdigest()[:32]
+        slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_")
+        old = folder / f"{slug}.{digest}{suffix}" if slug else path
+        if old != path and old.exists():
+            return old
+    return path
 
 
 class _FileStore(Store):
-    """What both file stores share; subclasses place the files and the snapshot."""
+    """What both file stores share: locks, the log, checkpoints, the index.
+
+    Subclasses implement four hooks: where the folder is, and how snapshots are read,
+    written and listed.
+    """
 
     def __init__(self, durability: Durability) -> None:
-        if durability not in ("fsync", "flush"):
-            raise ValueError(f"durability must be 'fsync' or 'flush', not {durability!r}")
-        self.durability: Durability = durability
+        self.durability: Durability = check_durability(durability)
+        self._logs: dict[Path, Log] = {}
+        self._guard = threading.Lock()
+        self._open_leases = 0
+        self._checkpointing = threading.Lock()
+        _open_stores.add(self)
+
+    # --- hooks ----------------------------------------------------------------------------
 
     def _folder(self) -> Path:
+        """The folder of lock files, the log and the index."""
         raise NotImplementedError
 
-    def _snapshot_state(self, workflow_id: str) -> State | None:
+    def _read_snapshot(self, workflow_id: str) -> State | None:
+        """The workflow's snapshot, if any."""
         raise NotImplementedError
 
-    def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
+    def _write_snapshots(self, states: dict[str, State | None]) -> None:
+        """Replace (or, for None, delete) these workflows' snapshots, durably."""
         raise NotImplementedError
 
-    def _remove_leftovers(self, workflow_id: str) -> None:
-        """Delete temporary state files that a killed run left (the lock is held)."""
+    def _snapshot_states(self) -> dict[str, State]:
+        """Every snapshot (used once, to build the index of a store that has none)."""
+        raise NotImplementedError
 
-    def _journal_path(self, workflow_id: str) -> Path:
-        return self._folder() / f"{_file_stem(workflow_id)}.journal"
+    # --- Store ----------------------------------------------------------------------------
 
     def try_lock(self, workflow_id: str) -> Lease | None:
         """Take the workflow's lock file without waiting."""
         folder = self._folder()
         ensure_folder(folder)
-        lock_path = folder / f"{_file_stem(_check_id(workflow_id))}.lock"
+        lock_path = folder / f"{_file_stem(check_workflow_id(workflow_id))}.lock"
         lock = filelock.FileLock(lock_path, mode=0o600, thread_local=False)
         try:
             lock.acquire(blocking=False)
         except filelock.Timeout:
             return None
+        with self._guard:
+            self._open_leases += 1
         return _FileLease(self, workflow_id, lock)
 
     def read(self, workflow_id: str) -> State | None:
-        """Snapshot plus journal, without the lock (a torn last record is ignored)."""
-        return self._load(_check_id(workflow_id))[0]
-
-    def _compacts(self, journal_bytes: int) -> bool:
-        """Whether finishing a run folds a journal of this size into the snapshot."""
-        return True
-
-    def _load(self, workflow_id: str) -> tuple[State | None, int | None, bool]:
-        """(state, where the journal's records end or None without one, journal torn)."""
-        state = self._snapshot_state(workflow_id)
-        path = self._journal_path(workflow_id)
-        data = read_bytes(path)
-        if data is None:
-            return state, None, False
-        records, torn, end = parse_journal(data, str(path), workflow_id)
+        """Snapshot plus log, without the lock (a torn last frame is ignored)."""
+        check_workflow_id(workflow_id)
+        forgotten, records = self._log_entries(workflow_id)
+        state = None if forgotten else self._base_state(workflow_id)
         if records:
             state = state or new_state()
             for record in records:
                 apply(state, record)
-        return state, end, torn
+        return state
 
-    def _journal_ids(self, folder: Path) -> set[str]:
-        ids = set()
-        for path in folder.glob("*.journal"):
+    def workflow_ids(self) -> list[str]:
+        """Every workflow with recorded state."""
+        return sorted(self.summaries())
+
+    def summaries(self) -> dict[str, State]:
+        """Every workflow's summary (its state without steps), from the index and the log."""
+        if not self._folder().is_dir():
+            return {}
+        view = self.log().view()
+        return {w: dict(s) for w, s in view.summaries.items()}
+
+    def forget(self, workflow_id: str) -> None:
+        """Delete a workflow's state; see :meth:`Store.forget`."""
+        super().forget(workflow_id)
+
+    def close(self) -> None:
+        """Fold the log into the snapshots and close the log's file."""
+        if self._folder().is_dir():
+            self.checkpoint()
+        with self._guard:
+            logs, self._logs = list(self._logs.values()), {}
+        for log in logs:
+            log.close()
+
+    # --- the log and checkpoints ------------------------------------------------------------
+
+    def log(self) -> Log:
+        """The log of this store's folder, as this store object uses it."""
+        folder = self._folder() / "log"
+        with self._guard:
+            log = self._logs.get(folder)
+            if log is None:
+                ensure_folder(folder)
+                log = self._logs[folder] = Log(
+                    folder, sync=self.durability == "fsync", base=self._index
+                )
+            return log
+
+    def _log_entries(self, workflow_id: str) -> tuple[bool, list[Record]]:
+        if not (self._folder() / "log").is_dir():
+            return False, []
+        return self.log().entries(workflow_id)
+
+    def _base_state(self, workflow_id: str) -> State | None:
+        """The snapshot with an old-format journal (written by duravoke 0.2) on top."""
+        state = self._read_snapshot(workflow_id)
+        records = read_legacy_journal(self._legacy_journal(workflow_id), workflow_id)
+        if records:
+            state = state or new_state()
+            for record in records:
+                apply(state, record)
+        return state
+
+    def _knows(self, workflow_id: str) -> bool:
+        """Whether anything is recorded for the workflow (without reading its state)."""
+        return (
+            workflow_id in self.log().view().summaries
+            or self._has_snapshot(workflow_id)
+            or self._legacy_journal(workflow_id).exists()
+        )
+
+    def _has_snapshot(self, workflow_id: str) -> bool:
+        return workflow_id in self._snapshot_states()
+
+    def _drop_files(self, workflow_id: str) -> None:
+        """Delete what a forgotten workflow has in files of its own (the lock is held)."""
+        remove(self._legacy_journal(workflow_id))
+
+    def _legacy_journal(self, workflow_id: str) -> Path:
+        return _existing(self._folder(), workflow_id, ".journal")
+
+    def _index_path(self) -> Path:
+        return self._folder() / "log" / "index.json"
+
+    def _index(self) -> tuple[int, dict[str, State], dict[tuple[str, str], int]]:
+        """(covers, summaries, message seqs) as of the last checkpoint."""
+        data = read_bytes(self._index_path())
+        if data is None:
+            return self._build_index()
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != _INDEX_FORMAT or doc.get("version") != _INDEX_VERSION:
+                raise ValueError
+            seqs = {(w, t): n for w, t, n in doc["seqs"]}
+            return int(doc["covers"]), dict(doc["workflows"]), seqs
+        except (ValueError, KeyError, TypeError):
+            # The index only summarizes the snapshots: rebuild it rather than fail.
+            logger.warning("rebuilding the damaged index %s", self._index_path())
+            return self._build_index()
+
+    def _build_index(self) -> tuple[int, dict[str, State], dict[tuple[str, str], int]]:
+        """Summaries of every snapshot and old-format journal (a store without an index)."""
+        states = dict(self._snapshot_states())
+        for path in self._folder().glob("*.journal"):
+            workflow_id = _legacy_journal_id(path)
+            if workflow_id is not None:
+                state = self._base_state(workflow_id)
+                if state is not None:
+                    states[workflow_id] = state
+        seqs = {
+            (w, topic): msgs[-1][0]
+            for w, s in states.items()
+            for topic, msgs in s.get("inbox", {}).items()
+            if msgs
+        }
+        return 0, {w: summarize(s) for w, s in states.items()}, seqs
+
+    def checkpoint(self) -> None:
+        """Fold the log into the snapshots and the index, then delete what they hold.
+
+        Runs in the background of ordinary use (when the log has grown, when a run ends
+        with nothing else going on, at exit); call it to make the state files current.
+        """
+        with contextlib.ExitStack() as stack:
+            if not self._checkpointing.acquire(blocking=False):
+                return  # this store object is at it already
+            stack.callback(self._checkpointing.release)
+            lock = filelock.FileLock(
+                self._folder() / "log" / "checkpoint.lock", mode=0o600, thread_local=False
+            )
             try:
-                with path.open("rb") as f:
-                    header = f.readline()
-                ids.add(_header_id(header))
-            except (OSError, ValueError, KeyError, TypeError):
-                logger.warning("skipping unreadable journal %s", path)
-        return ids
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                return  # another process is at it
+            stack.callback(lock.release)
+            self._fold()
+
+    def _fold(self) -> None:
+        log = self.log()
+        sealed = log.start_checkpoint()
+        if sealed is None:
+            return
+        covers, summaries, seqs = self._index()
+        folded = [n for n in log.segment_numbers() if covers < n <= sealed]
+        touched, forgotten = _records_of(log, folded)
+        states: dict[str, State | None] = {}
+        for workflow_id, records in touched.items():
+            state = None if workflow_id in forgotten else self._base_state(workflow_id)
+            for record in records:
+                state = state or new_state()
+                apply(state, record)
+            states[workflow_id] = state
+            for key in [k for k in seqs if k[0] == workflow_id]:
+                del seqs[key]
+            if state is None:
+                summaries.pop(workflow_id, None)
+                continue
+            summaries[workflow_id] = summarize(state)
+            for topic, msgs in state.get("inbox", {}).items():
+                seqs[(workflow_id, topic)] = msgs[-1][0]
+        self._write_snapshots(states)
+        index = {
+            "format": _INDEX_FORMAT,
+            "version": _INDEX_VERSION,
+            "covers": sealed,
+            "seqs": [[w, t, n] for (w, t), n in seqs.items()],
+            "workflows": summaries,
+        }
+        atomic_write(self._index_path(), json.dumps(index).encode(), sync=log.sync)
+        for workflow_id in states:
+            remove(self._legacy_journal(workflow_id), sync=False)
+        for number in folded:
+            # No fsync of the folder: a deletion that is lost brings back a segment the
+            # index already covers, which is skipped.
+            remove(log.segment_path(number), sync=False)
+        log.reset()
+
+    def _lease_closed(self) -> None:
+        with self._guard:
+            self._open_leases -= 1
+            idle = self._open_leases == 0
+        if (idle and self._idle_checkpoint_due()) or self.log().active_size() > _CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def _idle_checkpoint_due(self) -> bool:
+        return self.log().active_size() > _IDLE_CHECKPOINT_BYTES
 
 
-def _header_id(line: bytes) -> str:
-    workflow = json.loads(line[9:])["workflow"]
-    if not isinstance(workflow, str):
-        raise TypeError(line)
-    return workflow
+def _records_of(log: Log, numbers: list[int]) -> tuple[dict[str, list[Record]], set[str]]:
+    """The records of each workflow in these segments (after its last "forget"), and the
+    workflows that were forgotten."""
+    touched: dict[str, list[Record]] = {}
+    forgotten: set[str] = set()
+    for number in numbers:
+        path = log.segment_path(number)
+        data = read_bytes(path) or b""
+        frames, _end, _torn = read_frames(data, 0, str(path))
+        for offset, payload in frames:
+            if offset == 0:
+                continue  # the segment's header frame
+            for workflow_id, record in decode_entries(payload, str(path)):
+                if record.get("forget"):
+                    touched[workflow_id] = []
+                    forgotten.add(workflow_id)
+                else:
+                    touched.setdefault(workflow_id, []).append(record)
+    return touched, forgotten
+
+
+def _legacy_journal_id(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            header = f.readline()
+        workflow = json.loads(header[9:])["workflow"]
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("skipping unreadable journal %s", path)
+        return None
+    return workflow if isinstance(workflow, str) else None
 
 
 class _FileLease(Lease):
     def __init__(self, store: _FileStore, workflow_id: str, lock: filelock.BaseFileLock) -> None:
         super().__init__(workflow_id)
-        self.blocking = store.durability == "fsync"
         self._store = store
         self._lock = lock
-        self._journal: Journal | None = None
+        self._log: Log | None = None
 
     def load(self) -> State:
-        store, wid = self._store, self.workflow_id
-        state, end, torn = store._load(wid)
-        state = state or new_state()
-        if end is not None or torn:
-            # A journal left behind: its run was killed, perhaps while writing the state.
-            store._remove_leftovers(wid)
-        if torn:
-            # A crash cut the last record short. Fold the intact part into the snapshot
-            # and start a new journal, so that no new record lands after the torn one.
-            store._save_snapshot(wid, state)
-        if torn or end == 0:  # torn, or cut before even its header was written
-            remove(store._journal_path(wid), sync=False)  # see close()
-            end = None
-        self._journal = Journal(store._journal_path(wid), wid, sync=self.blocking, end=end)
-        return state
+        self._log = self._store.log()
+        return self._store.read(self.workflow_id) or new_state()
 
     def append(self, records: Sequence[Record]) -> None:
-        assert self._journal is not None, "load() first"
-        self._journal.append(records)
+        self.enqueue(records).wait()
 
-    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
-        assert self._journal is not None, "load() first"
-        return self._journal.enqueue(records)
+    def enqueue(self, records: Sequence[Record]) -> Ticket:
+        log = self._log or self._store.log()
+        entries: list[Entry] = [(self.workflow_id, r) for r in records]
+        return log.enqueue(entries)
 
-    def close(self, state: State | None) -> None:
-        journal = self._journal
+    def close(self) -> None:
         try:
-            if state is not None and journal is not None and not self._store._compacts(journal.end):
-                # Keep the journal for now; it just needs the run's outcome.
-                journal.append([status_event(state)])
-                state = None
-            if journal is not None:
-                journal.close()
-            if state is not None:
-                self._store._save_snapshot(self.workflow_id, state)
-                # No fsync of the folder: should the removal be lost, the journal comes back
-                # holding only records that the (durable) state file has too; harmless.
-                remove(self._store._journal_path(self.workflow_id), sync=False)
-        except OSError as exc:
-            raise StoreError(
-                f"could not compact the state of workflow {self.workflow_id!r} in"
-                f" {self._store.location}: {exc}. Its journal still holds every record.",
-                path=self._store.location,
-            ) from exc
-        finally:
             self._lock.release()
+        finally:
+            self._store._lease_closed()
 
     def forget(self) -> bool:
-        found = self._store._save_snapshot(self.workflow_id, None)
-        return remove(self._store._journal_path(self.workflow_id)) or found
+        # Whatever its state holds, damaged or not: forgetting is how a damaged workflow
+        # starts afresh, so its files are not read.
+        found = self._store._knows(self.workflow_id)
+        if found:
+            self.append([{"forget": True}])
+            self._store._drop_files(self.workflow_id)
+        return found
 
 
 class DirectoryStore(_FileStore):
@@ -211,9 +415,9 @@ class DirectoryStore(_FileStore):
         durability: ``"fsync"`` (a recorded step survives power loss) or ``"flush"``
             (it survives the process crashing, not the machine; much faster).
 
-    Files: ``<name>.json`` (the state), ``<name>.journal`` (records not yet folded in,
-    while a run is going on or after a crash) and ``<name>.lock``, where ``<name>`` is a
-    filesystem-safe prefix of the workflow id followed by a hash of the whole id.
+    Files: ``<name>.json`` (a workflow's state as of the last checkpoint) and
+    ``<name>.lock``, where ``<name>`` is a filesystem-safe prefix of the workflow id
+    followed by a hash of the whole id; ``log/`` holds the store-wide log and the index.
     """
 
     def __init__(
@@ -232,12 +436,18 @@ class DirectoryStore(_FileStore):
         return self._path if self._path is not None else default_folder()
 
     def _snapshot_path(self, workflow_id: str) -> Path:
-        return self._folder() / f"{_file_stem(workflow_id)}.json"
+        return _existing(self._folder(), workflow_id, ".json")
 
-    def _remove_leftovers(self, workflow_id: str) -> None:
-        remove_leftovers(self._snapshot_path(workflow_id))
+    def _has_snapshot(self, workflow_id: str) -> bool:
+        return self._snapshot_path(workflow_id).exists()
 
-    def _snapshot_state(self, workflow_id: str) -> State | None:
+    def _drop_files(self, workflow_id: str) -> None:
+        super()._drop_files(workflow_id)
+        # The log's "forget" record makes any state file of it void; deleting it now keeps
+        # the folder tidy (a checkpoint would delete it too).
+        remove(self._snapshot_path(workflow_id))
+
+    def _read_snapshot(self, workflow_id: str) -> State | None:
         path = self._snapshot_path(workflow_id)
         data = read_bytes(path)
         if data is None:
@@ -251,44 +461,46 @@ class DirectoryStore(_FileStore):
             )
         return workflows[workflow_id]
 
-    def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
-        path = self._snapshot_path(workflow_id)
-        if state is None:
-            return remove(path)
-        atomic_write(path, dump_snapshot({workflow_id: state}))
-        return True
+    def _write_snapshots(self, states: dict[str, State | None]) -> None:
+        sync = self.durability == "fsync"
+        for workflow_id, state in states.items():
+            path = self._snapshot_path(workflow_id)
+            remove_leftovers(path)
+            if state is None:
+                remove(path, sync=False)
+            else:
+                atomic_write(path, dump_snapshot({workflow_id: state}), sync=sync, folder=False)
+        if sync and states:
+            fsync_folder(self._folder())
 
-    def workflow_ids(self) -> list[str]:
-        """Every workflow with a state file or a journal in the folder."""
-        folder = self._folder()
-        if not folder.is_dir():
-            return []
-        ids = self._journal_ids(folder)
-        for path in folder.glob("*.json"):
+    def _snapshot_states(self) -> dict[str, State]:
+        states: dict[str, State] = {}
+        for path in self._folder().glob("*.json"):
             try:
-                ids.update(load_snapshot(path.read_bytes(), str(path)))
+                states.update(load_snapshot(path.read_bytes(), str(path)))
             except (OSError, CorruptStateError):
                 logger.warning("skipping unreadable state file %s", path)
-        return sorted(ids)
+        return states
 
 
 class PersistedKKV(_FileStore):
     """All workflows in one readable JSON file (the original duravoke store).
 
     Args:
-        path: the state file, e.g. ``"./duravoke_state.json"``. Journals and lock files
-            live beside it in the folder ``<path>.d``.
+        path: the state file, e.g. ``"./duravoke_state.json"``. The log, the index and
+            lock files live beside it in the folder ``<path>.d``.
         durability: as for :class:`DirectoryStore`.
 
-    Folding a workflow's journal into the file rewrites the whole file (atomically):
-    at the end of each run that recorded steps while the file is at most 256 KiB, and
-    beyond that only once the journal has grown to a quarter of the file, so that the
+    A checkpoint rewrites the whole file (atomically). It runs when a run ends with no
+    other run of the store going on while the file is at most 256 KiB (so a script's
+    file is current when it ends), and otherwise once the log has grown, so that the
     cost per step stays constant. Prefer :class:`DirectoryStore` for many workflows.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync") -> None:
         super().__init__(durability)
         self.path = Path(path).absolute()
+        self._parsed: tuple[tuple[int, int, int], dict[str, State]] | None = None
 
     @property
     def location(self) -> str:
@@ -298,39 +510,52 @@ class PersistedKKV(_FileStore):
     def _folder(self) -> Path:
         return self.path.with_name(self.path.name + ".d")
 
-    def _compacts(self, journal_bytes: int) -> bool:
-        # Rewriting the shared file costs its whole size: keep it small and readable, and
-        # once it is large, fold a journal in only when it has grown to a quarter of it.
+    def _idle_checkpoint_due(self) -> bool:
         try:
-            size = os.stat(self.path).st_size
+            small = os.stat(self.path).st_size <= 256 * 1024
         except FileNotFoundError:
-            return True
-        return size <= 256 * 1024 or journal_bytes * 4 >= size
+            small = True
+        return (small and self.log().active_size() > 0) or super()._idle_checkpoint_due()
 
-    def _all(self) -> dict[str, State]:
+    def _snapshot_states(self) -> dict[str, State]:
+        # Parsed once per version of the file (it is only ever replaced whole), not at
+        # every workflow start. Callers must not change what it returns.
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._parsed
+        if cached is not None and cached[0] == version:
+            return cached[1]
         data = read_bytes(self.path)
-        return {} if data is None else load_snapshot(data, str(self.path))
+        workflows = {} if data is None else load_snapshot(data, str(self.path))
+        self._parsed = (version, workflows)
+        return workflows
 
-    def _snapshot_state(self, workflow_id: str) -> State | None:
-        return self._all().get(workflow_id)
+    def _read_snapshot(self, workflow_id: str) -> State | None:
+        state = self._snapshot_states().get(workflow_id)
+        return None if state is None else copy.deepcopy(state)
 
-    def _save_snapshot(self, workflow_id: str, state: State | None) -> bool:
-        ensure_folder(self._folder())
-        # Read-modify-write of the shared file: one writer at a time across processes.
-        with filelock.FileLock(self._folder() / "store.lock", mode=0o600, thread_local=False):
-            remove_leftovers(self.path)
-            workflows = self._all()
+    def _write_snapshots(self, states: dict[str, State | None]) -> None:
+        remove_leftovers(self.path)
+        workflows = dict(self._snapshot_states())
+        for workflow_id, state in states.items():
             if state is None:
-                if workflow_id not in workflows:
-                    return False
-                del workflows[workflow_id]
+                workflows.pop(workflow_id, None)
             else:
                 workflows[workflow_id] = state
-            atomic_write(self.path, dump_snapshot(workflows))
-            return True
+        atomic_write(self.path, dump_snapshot(workflows), sync=self.durability == "fsync")
 
-    def workflow_ids(self) -> list[str]:
-        """Every workflow in the file or with a journal beside it."""
-        folder = self._folder()
-        ids = self._journal_ids(folder) if folder.is_dir() else set()
-        return sorted(ids | set(self._all()))
+
+# Fold the logs of the stores still open when the interpreter exits, so that state files
+# are current after a script ends (a killed process leaves its log, which is as good).
+_open_stores: weakref.WeakSet[_FileStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _checkpoint_at_exit() -> None:
+    for store in list(_open_stores):
+        with contextlib.suppress(Exception):
+            if store._logs:
+                store.checkpoint()

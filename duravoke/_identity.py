@@ -14,10 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import SerializationError
-from ._serializer import JSONSerializer, JSONValue, canonical_json
+from ._serializer import JSONSerializer, JSONValue, NamedZoneError, canonical_json
 from ._typed import identity_data
 
-__all__ = ["CallIdentity", "call_key", "idempotency_key_for", "implicit_workflow_id"]
+__all__ = [
+    "CallIdentity",
+    "call_key",
+    "check_workflow_id",
+    "function_name",
+    "idempotency_key_for",
+    "implicit_workflow_id",
+]
 
 # Arguments are always encoded as JSON, whatever serializer records results: an
 # identity must be canonical and must never depend on pickle.
@@ -51,7 +58,7 @@ class CallIdentity:
         """
         if self._key is not None:
             try:
-                encoded = _encode(self._key(*args, **kwargs), "key(...)")
+                encoded = _encode(self._call_key(args, kwargs), "key(...)")
             except SerializationError as exc:
                 raise SerializationError(
                     f"{self.name}(): the value returned by key= cannot identify the call: {exc}",
@@ -78,13 +85,33 @@ class CallIdentity:
                 raise self._bad_argument(param, exc) from None
         return out, canonical_json(out)
 
+    def _call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+        assert self._key is not None
+        try:
+            return self._key(*args, **kwargs)
+        except TypeError as exc:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError:
+                raise TypeError(
+                    f"{self.name}(): key= must accept the same arguments as the function, but"
+                    f" key{self._signature} cannot take this call's arguments ({exc})."
+                ) from exc
+            raise
+
     def _bad_argument(self, param: str, exc: SerializationError) -> SerializationError:
         names = ", ".join(self._signature.parameters)
+        what = f"{exc.where} is a {exc.type_name}, which is not JSON. Tell"
+        if isinstance(exc, NamedZoneError):
+            what = (
+                f"{exc.where} is a datetime with a named zone (a {exc.type_name}), which JSON"
+                " would keep only as a UTC offset. Pass it converted to UTC"
+                f" ({exc.where}.astimezone(datetime.timezone.utc)), or tell"
+            )
         return SerializationError(
-            f"{self.name}(): argument {param!r} cannot identify the call: {exc.where} is a"
-            f" {exc.type_name}, which is not JSON. Tell duravoke what identifies the call"
-            f" with key=, for example @duravoke.duravoke(key=lambda {names}: <a JSON value,"
-            f" such as an id>).",
+            f"{self.name}(): argument {param!r} cannot identify the call: {what} duravoke"
+            f" what identifies the call with key=, for example @duravoke.duravoke(key=lambda"
+            f" {names}: <a JSON value, such as an id>).",
             function=self.name,
             where=exc.where,
             type_name=exc.type_name,
@@ -123,3 +150,41 @@ def implicit_workflow_id(name: str, args_json: str) -> str:
 def idempotency_key_for(workflow_id: str, sid: str) -> str:
     """A key unique to a step's identity and the same on every re-run of it."""
     return "duravoke-" + _hash("idempotency", workflow_id, sid)
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """``workflow_id`` if it can name a workflow: a non-empty str that is valid Unicode.
+
+    Any such text is a valid id, ``../../etc/passwd`` and NUL bytes included: stores
+    never use an id as a path or a query as it is.
+
+    Raises:
+        TypeError: it is not a str.
+        ValueError: it is empty or holds a lone surrogate.
+    """
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"a workflow id must be a str, not {type(workflow_id).__name__}")
+    if not workflow_id:
+        raise ValueError("a workflow id must not be empty: name the run, e.g. 'import-2026-11-30'")
+    try:
+        workflow_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"workflow id {workflow_id!r} is not valid Unicode text") from None
+    return workflow_id
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of ``fn``: the name a step is recorded under without ``name=``.
+
+    Raises:
+        TypeError: ``fn`` has no ``__qualname__`` (a ``functools.partial``, a callable
+            object): it needs ``name=``.
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(
+            f"@duravoke cannot name {fn!r}: it has no __qualname__ (a functools.partial or a"
+            " callable object). Name it: @duravoke.duravoke(name='billing.refund')."
+        )
+    return f"{module}.{qualname}"

@@ -7,51 +7,53 @@ on first use::
     workflows (id, state, updated)             a workflow's state without its steps
     steps     (workflow_id, sid, record, seq)  one row per step, in first-written order
 
-One runner per workflow across machines: a lease holds a session-level advisory lock
-on a connection of its own, which the server also releases when that connection ends,
-even if the process was killed. Records appended at the same time share one
-transaction (group commit).
+Connections are bounded, however many workflows run: each store object in a process
+has one *session* connection and a small pool for reads (psycopg_pool). The session
+holds the advisory lock of every workflow the process runs, so the server releases them
+all when the process dies, and it writes: records that workflows append at the same
+moment are one statement, one transaction, one COMMIT (group commit across workflows).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
-import json
 import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+# psycopg is optional: `import duravoke` (and `from duravoke import *`) works without it,
+# and PostgresStore says what to install when it is missing.
 try:
     import psycopg
-    from psycopg.pq import TransactionStatus
-except ImportError as exc:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        "duravoke.PostgresStore needs psycopg 3: install duravoke[postgres]"
-        " (pip install 'duravoke[postgres]')."
-    ) from exc
+    import psycopg_pool
+except ImportError:  # pragma: no cover - depends on what is installed
+    psycopg = None  # type: ignore[assignment]
+    psycopg_pool = None  # type: ignore[assignment]
 
 from ._errors import CorruptStateError, StoreError
-from ._filestore import _check_id
-from ._groupcommit import GroupCommit
+from ._groupcommit import GroupCommit, Ticket
+from ._identity import check_workflow_id
+from ._json import compact
 from ._state import Record, State, apply, new_state
-from ._store import Durability, Lease, Store
+from ._store import Durability, Lease, Store, check_durability
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+if TYPE_CHECKING:
+    Connection = psycopg.Connection[tuple[Any, ...]]
+
+__all__ = ["POOL_SIZE", "SCHEMA_VERSION", "PostgresStore"]
 
 #: The version of the table layout, kept in the ``meta`` table.
 SCHEMA_VERSION = 1
 
 _DEFAULT_SCHEMA = "duravoke"
-_IDLE_CONNECTIONS = 4
+#: Connections of the read pool of one store object (the session is one more).
+POOL_SIZE = 4
 _CONNECT_DEFAULTS = {"connect_timeout": "10", "application_name": "duravoke"}
-
-Connection = psycopg.Connection[tuple[Any, ...]]
 
 # json, not jsonb: jsonb reorders keys, rewrites numbers (1e16 comes back an int) and
 # refuses "\u0000", while a record must come back exactly as it was written.
@@ -85,12 +87,14 @@ ORDER BY 1, 2
 # A rewritten step keeps its seq, as a rewritten dict key keeps its place.
 _SAVE = """
 WITH workflow AS (
-    INSERT INTO {s}.workflows (id, state, updated) VALUES (%(id)s, %(state)s::json, now())
+    INSERT INTO {s}.workflows (id, state, updated)
+    SELECT id, state::json, now() FROM unnest(%(ids)s::text[], %(states)s::text[]) AS w (id, state)
     ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated
 )
 INSERT INTO {s}.steps (workflow_id, sid, record)
-SELECT %(id)s, sid, record
-FROM unnest(%(sids)s::text[], %(records)s::json[]) WITH ORDINALITY AS r (sid, record, n)
+SELECT workflow_id, sid, record::json
+FROM unnest(%(workflow_ids)s::text[], %(sids)s::text[], %(records)s::text[])
+    WITH ORDINALITY AS r (workflow_id, sid, record, n)
 ORDER BY n
 ON CONFLICT (workflow_id, sid) DO UPDATE SET record = excluded.record
 """
@@ -107,16 +111,7 @@ _VERSION = "SELECT version FROM {s}.meta"
 
 _TRY_LOCK = b"SELECT pg_try_advisory_lock(%s)"
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_encode_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ESCAPED = re.compile("%(25|00)")
-
-
-def _dumps(doc: Record) -> str:
-    text = _encode(doc)
-    # A lone surrogate cannot travel as UTF-8; escaped, json keeps it as written.
-    return text if _SURROGATE.search(text) is None else _encode_ascii(doc)
 
 
 def _db_id(workflow_id: str) -> str:
@@ -175,61 +170,6 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-class _Pool:
-    """Idle connections kept for reuse: connecting costs a server process each time."""
-
-    def __init__(self) -> None:
-        self.guard = threading.Lock()
-        self.idle: list[Connection] = []
-        self.pid = os.getpid()
-
-    def take(self) -> Connection | None:
-        with self.guard:
-            if self.pid != os.getpid():
-                # A forked child shares its parent's sockets: never use or close them.
-                _INHERITED.extend(self.idle)
-                self.idle, self.pid = [], os.getpid()
-            while self.idle:
-                conn = self.idle.pop()
-                if not conn.closed:
-                    return conn
-        return None
-
-    def give(self, conn: Connection) -> None:
-        if conn.info.transaction_status == TransactionStatus.IDLE:
-            with self.guard:
-                if self.pid == os.getpid() and len(self.idle) < _IDLE_CONNECTIONS:
-                    self.idle.append(conn)
-                    return
-        conn.close()
-
-    def close(self) -> None:
-        with self.guard:
-            idle, self.idle = self.idle, []
-            if self.pid != os.getpid():
-                _INHERITED.extend(idle)
-                return
-        for conn in idle:
-            conn.close()
-
-
-_INHERITED: list[Connection] = []
-
-
-@contextmanager
-def _guarded(conn: Connection, store: PostgresStore, what: str) -> Iterator[Connection]:
-    """On failure, drop the connection (its state is unknown); a database error becomes
-    a :class:`StoreError` saying that ``what`` failed."""
-    try:
-        yield conn
-    except psycopg.Error as exc:
-        conn.close()
-        raise store._error(what, exc) from exc
-    except BaseException:
-        conn.close()
-        raise
-
-
 class PostgresStore(Store):
     """A store in a PostgreSQL database, shared by every machine that reaches it.
 
@@ -243,8 +183,10 @@ class PostgresStore(Store):
         schema: the schema holding the tables; default: the DSN's ``schema``
             parameter, else ``"duravoke"``. Created with its tables on first use.
 
-    Needs psycopg 3 (``pip install 'duravoke[postgres]'``). Each running workflow holds
-    one connection; up to four idle ones are kept for reuse.
+    Needs psycopg 3 and psycopg_pool (``pip install 'duravoke[postgres]'``). One store
+    object uses at most ``pool_size + 1`` connections in a process, however many
+    workflows run: one session that holds the workflows' locks and writes every record,
+    and a pool of ``pool_size`` for reads.
 
     Raises:
         StoreError: the server cannot be reached or a statement fails.
@@ -252,10 +194,20 @@ class PostgresStore(Store):
     """
 
     def __init__(
-        self, dsn: str, *, durability: Durability = "fsync", schema: str | None = None
+        self,
+        dsn: str,
+        *,
+        durability: Durability = "fsync",
+        schema: str | None = None,
+        pool_size: int = POOL_SIZE,
     ) -> None:
-        if durability not in ("fsync", "flush"):
-            raise ValueError(f"durability must be 'fsync' or 'flush', not {durability!r}")
+        if psycopg is None or psycopg_pool is None:  # pragma: no cover - depends on installs
+            raise ImportError(
+                "duravoke.PostgresStore needs psycopg 3 and psycopg_pool: install"
+                " duravoke[postgres] (pip install 'duravoke[postgres]')."
+            )
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {pool_size!r}")
         libpq_dsn, dsn_schema = _split_schema(dsn)
         if schema is not None and dsn_schema is not None and schema != dsn_schema:
             raise ValueError(f"schema {schema!r} differs from the DSN's schema {dsn_schema!r}")
@@ -266,7 +218,7 @@ class PostgresStore(Store):
             params = psycopg.conninfo.conninfo_to_dict(libpq_dsn)
         except psycopg.Error as exc:
             raise ValueError(f"{_mask(dsn)!r} is not a Postgres DSN: {_reason(exc)}") from None
-        self.durability: Durability = durability
+        self.durability: Durability = check_durability(durability)
         self.schema = schema
         options = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in params}
         self._conninfo = psycopg.conninfo.make_conninfo(libpq_dsn, **options)
@@ -285,9 +237,13 @@ class PostgresStore(Store):
         self._forget_sql = _FORGET.format(s=s).encode()
         self._ids_sql = _IDS.format(s=s).encode()
         self._version_sql = _VERSION.format(s=s).encode()
+        self._pool_size = pool_size
         self._ready = False
-        self._pool = _Pool()
-        weakref.finalize(self, self._pool.close)
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+        self._pool: psycopg_pool.ConnectionPool[Connection] | None = None
+        self._session: _Session | None = None
+        weakref.finalize(self, _close_quietly, self._resources)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._location!r})"
@@ -297,68 +253,124 @@ class PostgresStore(Store):
         """The DSN with any password masked (and the schema, when not the default)."""
         return self._location
 
+    # --- Store ----------------------------------------------------------------------------
+
     def try_lock(self, workflow_id: str) -> Lease | None:
-        """Take the workflow's advisory lock without waiting."""
-        key = _lock_key("workflow", self.schema, _check_id(workflow_id))
-        conn, rows = self._query(f"lock workflow {workflow_id!r}", _TRY_LOCK, [key])
-        if not rows[0][0]:
-            self._pool.give(conn)
+        """Take the workflow's advisory lock without waiting (on this process's session)."""
+        key = _lock_key("workflow", self.schema, check_workflow_id(workflow_id))
+        session = self._current_session()
+        if not session.try_lock(key, f"lock workflow {workflow_id!r}"):
             return None
-        return _PostgresLease(self, workflow_id, conn, key)
+        return _PostgresLease(self, session, workflow_id, key)
 
     def read(self, workflow_id: str) -> State | None:
         """The workflow's recorded state, read in one snapshot without its lock."""
-        what = f"read workflow {_check_id(workflow_id)!r}"
-        conn, rows = self._query(what, self._load_sql, {"id": _db_id(workflow_id)})
-        self._pool.give(conn)
+        what = f"read workflow {check_workflow_id(workflow_id)!r}"
+        rows = self._query(what, self._load_sql, {"id": _db_id(workflow_id)})
         return self._rebuild(workflow_id, rows)
 
     def workflow_ids(self) -> list[str]:
         """Every workflow with recorded state."""
-        conn, rows = self._query("list workflows", self._ids_sql)
-        self._pool.give(conn)
+        rows = self._query("list workflows", self._ids_sql)
         return sorted(_py_id(row[0]) for row in rows)
 
     def close(self) -> None:
-        """Close the idle connections kept for reuse (running workflows keep theirs)."""
-        self._pool.close()
+        """Close the read pool, and the session once no workflow holds it."""
+        _close_quietly(self._resources)
+
+    # --- connections ----------------------------------------------------------------------
+
+    def _resources(self) -> tuple[Any, ...]:
+        # What close() and the finalizer release; never what a forked parent opened.
+        with self._guard:
+            if self._pid != os.getpid():
+                return ()
+            pool, self._pool = self._pool, None
+            session = self._session
+            if session is not None and not session.held:
+                self._session = None
+            else:
+                session = None
+            return tuple(x for x in (pool, session) if x is not None)
+
+    def _forked(self) -> None:
+        """After a fork: the parent's connections are the parent's; open our own."""
+        if self._pid != os.getpid():
+            # Never use or close them here: closing would end the parent's sessions.
+            _INHERITED.extend(x for x in (self._pool, self._session) if x is not None)
+            self._pool, self._session, self._pid = None, None, os.getpid()
+
+    def _current_session(self) -> _Session:
+        with self._guard:
+            self._forked()
+            session = self._session
+            if session is None or session.dead:
+                session = self._session = _Session(self)
+            return session
+
+    def _read_pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        with self._guard:
+            self._forked()
+            if self._pool is None:
+                self._pool = psycopg_pool.ConnectionPool(
+                    self._conninfo,
+                    min_size=0,
+                    max_size=self._pool_size,
+                    kwargs={"autocommit": True},
+                    configure=self._set_durability,
+                    check=psycopg_pool.ConnectionPool.check_connection,
+                    open=False,
+                    name="duravoke",
+                )
+                self._pool.open(wait=False)
+            return self._pool
 
     def _query(
         self, what: str, query: bytes, params: Sequence[Any] | dict[str, Any] | None = None
-    ) -> tuple[Connection, list[tuple[Any, ...]]]:
-        """Run one statement; the caller hands the connection back (or keeps it)."""
-        conn = self._pool.take()
-        if conn is not None:
-            try:
-                return conn, conn.execute(query, params).fetchall()
-            except psycopg.OperationalError:
-                # It died while idle (a server restart, an idle timeout): once more on
-                # a new connection; these statements are all safe to repeat.
-                conn.close()
-            except BaseException as exc:
-                conn.close()
-                if isinstance(exc, psycopg.Error):
-                    raise self._error(what, exc) from exc
-                raise
-        conn = self._connect()
-        with _guarded(conn, self, what):
-            return conn, conn.execute(query, params).fetchall()
+    ) -> list[tuple[Any, ...]]:
+        """Run one read-only statement on a pooled connection."""
+        if not self._ready:
+            # The first connection sets up the tables, and fails fast (the pool retries).
+            self._current_session()
+        try:
+            with self._read_pool().connection(timeout=10) as conn:
+                return conn.execute(query, params).fetchall()
+        except psycopg_pool.PoolTimeout as exc:
+            raise self._unreachable(exc) from exc
+        except psycopg.OperationalError as exc:
+            raise self._unreachable(exc) from exc
+        except psycopg.Error as exc:
+            raise self._error(what, exc) from exc
 
     def _connect(self) -> Connection:
         try:
             conn: Connection = psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
-            raise StoreError(
-                f"could not connect to the Postgres server at {self._location}: {_reason(exc)}",
-                path=self._location,
-            ) from exc
-        with _guarded(conn, self, "set up the duravoke tables"):
-            if self.durability == "flush":
-                conn.execute(b"SET synchronous_commit = off")
-            if not self._ready:
-                self._setup(conn)
-                self._ready = True
+            raise self._unreachable(exc) from exc
+        try:
+            self._configure(conn)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise self._error("set up the duravoke tables", exc) from exc
+            raise
         return conn
+
+    def _set_durability(self, conn: Connection) -> None:
+        if self.durability == "flush":
+            conn.execute(b"SET synchronous_commit = off")
+
+    def _configure(self, conn: Connection) -> None:
+        self._set_durability(conn)
+        if not self._ready:
+            self._setup(conn)
+            self._ready = True
+
+    def _unreachable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"could not connect to the Postgres server at {self._location}: {_reason(exc)}",
+            path=self._location,
+        )
 
     def _setup(self, conn: Connection) -> None:
         with conn.transaction():
@@ -405,82 +417,133 @@ class PostgresStore(Store):
         return state
 
 
-class _PostgresLease(Lease):
-    blocking = True
+class _Session:
+    """One connection that holds this process's workflow locks and writes every record.
 
-    def __init__(self, store: PostgresStore, workflow_id: str, conn: Connection, key: int) -> None:
-        super().__init__(workflow_id)
-        self._store = store
-        self._conn = conn
-        self._key = key
-        self._id = _db_id(workflow_id)
-        self._header = new_state()  # the workflow row; "steps" is scratch space for apply()
-        self._written: dict[str, Record] = {}  # the step records known to be in the table
-        self._commit: GroupCommit[Sequence[Record]] = GroupCommit(self._write, self._failed)
-        #: Write transactions committed, for benchmarks and tests of group commit.
-        self.commits = 0
+    Its statements are serialized by a thread lock. When it dies (a server restart, a
+    network cut), the server has released its locks: every lease on it fails from then
+    on, and the store opens a new session for new leases.
+    """
 
-    def load(self) -> State:
-        with _guarded(self._conn, self._store, f"load workflow {self.workflow_id!r}"):
-            rows = self._conn.execute(self._store._load_sql, {"id": self._id}).fetchall()
-        state = self._store._rebuild(self.workflow_id, rows) or new_state()
-        self._header = {**state, "steps": {}}
-        self._written = dict(state["steps"])
-        return state
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.conn = store._connect()
+        self.lock = threading.Lock()
+        self.held: set[int] = set()  # advisory lock keys taken through this session
+        self.dead = False
+        self.failed_ids = ""
+        self.commit: GroupCommit[tuple[_PostgresLease, Sequence[Record]]] = GroupCommit(
+            self._write, self._failed
+        )
 
-    def append(self, records: Sequence[Record]) -> None:
-        self._commit.submit(records)
+    def try_lock(self, key: int, what: str) -> bool:
+        with self.lock:
+            if key in self.held:
+                return False  # another thread of this process runs it
+            row = self._execute(what, _TRY_LOCK, [key]).fetchone()
+            if row is None or not row[0]:
+                return False
+            self.held.add(key)
+            return True
 
-    def enqueue(self, records: Sequence[Record]) -> Callable[[], None]:
-        return functools.partial(self._commit.wait, self._commit.enqueue(records))
+    def unlock(self, key: int, what: str) -> None:
+        with self.lock:
+            self.held.discard(key)
+            if not self.dead:
+                self._execute(what, b"SELECT pg_advisory_unlock(%s)", [key])
+            if not self.held and self.store._session is not self:
+                self.close()  # replaced (or the store closed) while in use
 
-    def _write(self, batch: list[Sequence[Record]]) -> None:
-        steps: dict[str, Record] = {}
-        for records in batch:
+    def _execute(
+        self, what: str, query: bytes, params: Sequence[Any] | dict[str, Any]
+    ) -> psycopg.Cursor[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(query, params)
+        except BaseException as exc:
+            # Its state is unknown now, and with it the locks: drop it.
+            self.dead = True
+            self.conn.close()
+            if isinstance(exc, psycopg.Error):
+                raise self.store._error(what, exc) from exc
+            raise
+
+    def _write(self, batch: list[tuple[_PostgresLease, Sequence[Record]]]) -> None:
+        headers: dict[str, str] = {}
+        steps: dict[tuple[str, str], str] = {}
+        for lease, records in batch:
             for record in records:
-                apply(self._header, record)
-                if record.get("sid") is not None:
-                    steps[record["sid"]] = record
-        self._header["steps"].clear()
-        self._save(self._header, steps)
-        self._written.update(steps)
-        self.commits += 1
-
-    def _save(self, state: State, steps: dict[str, Record]) -> None:
-        header = {k: v for k, v in state.items() if k != "steps"}
+                apply(lease.header, record)
+                sid = record.get("sid")
+                if sid is not None:
+                    steps[(lease.db_id, sid)] = compact(record)
+            lease.header["steps"].clear()
+            headers[lease.db_id] = compact({k: v for k, v in lease.header.items() if k != "steps"})
         params = {
-            "id": self._id,
-            "state": _dumps(header),
-            "sids": list(steps),
-            "records": [_dumps(r) for r in steps.values()],
+            "ids": list(headers),
+            "states": list(headers.values()),
+            "workflow_ids": [w for w, _ in steps],
+            "sids": [s for _, s in steps],
+            "records": list(steps.values()),
         }
-        self._conn.execute(self._store._save_sql, params)
+        with self.lock:
+            try:
+                if self.dead:
+                    raise StoreError("the session to the server was lost")
+                self.conn.execute(self.store._save_sql, params)
+            except BaseException:
+                self.close()  # its state, and with it the locks, is unknown now
+                self.failed_ids = ", ".join(sorted({repr(_py_id(i)) for i in headers}))
+                raise
 
     def _failed(self, failure: BaseException) -> StoreError:
         return StoreError(
-            f"could not record a step of workflow {self.workflow_id!r} in"
-            f" {self._store.location}: {_reason(failure)}. What was recorded before is kept;"
-            " run the workflow again once the server is reachable.",
-            path=self._store.location,
+            f"could not record a step of workflow {self.failed_ids} in {self.store.location}:"
+            f" {_reason(failure)}. What was recorded before is kept; run the workflow again"
+            " once the server is reachable.",
+            path=self.store.location,
         )
 
-    def close(self, state: State | None) -> None:
-        conn = self._conn
-        if conn.closed:  # dropped after a failure, which also ended the lock
-            return
-        what = f"store the final state of workflow {self.workflow_id!r}"
-        with _guarded(conn, self._store, what):
-            if state is not None:
-                # Steps whose append failed are written now, as a file store's snapshot would.
-                steps = state["steps"]
-                self._save(state, {s: r for s, r in steps.items() if self._written.get(s) is not r})
-            row = conn.execute(b"SELECT pg_advisory_unlock(%s)", [self._key]).fetchone()
-        if row is not None and row[0]:
-            self._store._pool.give(conn)
-        else:
-            conn.close()
+    def close(self) -> None:
+        self.dead = True
+        self.conn.close()
+
+
+class _PostgresLease(Lease):
+    def __init__(self, store: PostgresStore, session: _Session, workflow_id: str, key: int) -> None:
+        super().__init__(workflow_id)
+        self._store = store
+        self._session = session
+        self._key = key
+        self.db_id = _db_id(workflow_id)
+        #: The workflow row as written so far; "steps" is scratch space for apply().
+        self.header = new_state()
+
+    def load(self) -> State:
+        state = self._store.read(self.workflow_id) or new_state()
+        self.header = {**state, "steps": {}}
+        return state
+
+    def append(self, records: Sequence[Record]) -> None:
+        self.enqueue(records).wait()
+
+    def enqueue(self, records: Sequence[Record]) -> Ticket:
+        return self._session.commit.ticket((self, records))
+
+    def close(self) -> None:
+        self._session.unlock(self._key, f"release workflow {self.workflow_id!r}")
 
     def forget(self) -> bool:
-        with _guarded(self._conn, self._store, f"forget workflow {self.workflow_id!r}"):
-            row = self._conn.execute(self._store._forget_sql, {"id": self._id}).fetchone()
-        return row is not None and row[0] > 0
+        what = f"forget workflow {self.workflow_id!r}"
+        with self._session.lock:
+            row = self._session._execute(what, self._store._forget_sql, {"id": self.db_id})
+            found = row.fetchone()
+        return found is not None and found[0] > 0
+
+
+_INHERITED: list[Any] = []
+
+
+def _close_quietly(resources: Callable[[], tuple[Any, ...]]) -> None:
+    for resource in resources():
+        with contextlib.suppress(Exception):
+            resource.close()

@@ -22,7 +22,14 @@ from typing import Any, Protocol, TypeAlias, Union
 
 from ._errors import SerializationError
 
-__all__ = ["JSONSerializer", "JSONValue", "PickleSerializer", "Serializer", "canonical_json"]
+__all__ = [
+    "JSONSerializer",
+    "JSONValue",
+    "NamedZoneError",
+    "PickleSerializer",
+    "Serializer",
+    "canonical_json",
+]
 
 # Union, not |: the alias is evaluated at runtime, where 3.10 cannot "|" a string.
 JSONValue: TypeAlias = Union[  # noqa: UP007
@@ -180,6 +187,14 @@ def _children(v: Any, where: str) -> Iterator[tuple[str, Any]]:
         yield from ((f"{where}[{i}]", x) for i, x in enumerate(v))
 
 
+class NamedZoneError(SerializationError):
+    """A datetime or time whose zone has a name (zoneinfo, pytz): JSON keeps only its offset.
+
+    Its own class so that the argument check can say what to do about it, which differs
+    from "this type is not JSON".
+    """
+
+
 def _refuse(where: str, type_name: str, why: str) -> SerializationError:
     return SerializationError(f"cannot record {where}: {why}", where=where, type_name=type_name)
 
@@ -202,12 +217,15 @@ def _find(v: Any, where: str, path: set[int]) -> SerializationError | None:
         why = f"type {name!r} is not supported by JSONSerializer (supported: {_SUPPORTED})"
         return _refuse(where, name, why)
     if t in (dt.datetime, dt.time) and not _tz_ok(v):
-        why = (
-            f"its tzinfo {v.tzinfo!r} would come back as a plain UTC offset; only naive values "
-            "and unnamed datetime.timezone offsets are kept. Convert it first, e.g. with "
-            ".astimezone(datetime.timezone.utc)"
+        kind = "datetime" if t is dt.datetime else "time"
+        return NamedZoneError(
+            f"cannot record {where}: it is a {kind} with a named zone ({v.tzinfo!r}), and"
+            " JSON keeps only its UTC offset, so a replay would return another zone. Convert"
+            f" it to UTC first ({where}.astimezone(datetime.timezone.utc)); only naive values"
+            " and unnamed datetime.timezone offsets are recorded as they are",
+            where=where,
+            type_name=_type_name(type(v.tzinfo)),
         )
-        return _refuse(where, _type_name(type(v.tzinfo)), why)
     return None
 
 

@@ -16,41 +16,31 @@ journal be replayed over a snapshot that already contains some of it.
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from ._errors import CorruptStateError
-
 __all__ = [
-    "FORMAT",
-    "JOURNAL_FORMAT",
-    "VERSION",
+    "STATUSES",
     "Record",
     "State",
     "apply",
-    "dump_snapshot",
-    "journal_line",
-    "load_snapshot",
+    "apply_summary",
     "new_state",
+    "new_summary",
     "now_iso",
-    "parse_journal",
     "status_event",
+    "summarize",
 ]
 
-FORMAT = "duravoke"
-JOURNAL_FORMAT = "duravoke-journal"
-VERSION = 1
 
 Record = dict[str, Any]
 State = dict[str, Any]
 
-_STATUSES = frozenset({"running", "completed", "failed"})
+#: Every status a workflow can be recorded with.
+STATUSES = frozenset({"running", "completed", "failed", "interrupted"})
 # Where each status stands within one run, to order events of the same run.
-_PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1}
+_PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1, "interrupted": 1}
 
 
 _second: tuple[int, str] = (0, "")
@@ -92,6 +82,58 @@ def apply(state: State, record: Record) -> None:
         state["steps"][sid] = record
         state["updated"] = record["started"]
         return
+    if "msg" in record:
+        inbox = state.setdefault("inbox", {}).setdefault(record["msg"], [])
+        if not inbox or inbox[-1][0] < record["seq"]:
+            inbox.append([record["seq"], record["data"], record["at"]])
+        return
+    _apply_event(state, record)
+
+
+def new_summary() -> State:
+    """The summary of a workflow that has never run: its state without the steps."""
+    summary = new_state()
+    del summary["steps"]
+    summary["done"] = 0  # steps completed
+    summary["failing"] = []  # steps whose last record is a failure
+    return summary
+
+
+def apply_summary(summary: State, record: Record) -> None:
+    """Apply one record to a summary (see :func:`new_summary`) in place.
+
+    A completed step is never recorded twice, so counting completions is exact.
+    """
+    sid = record.get("sid")
+    if sid is not None:
+        failing: list[str] = summary["failing"]
+        if sid in failing:
+            failing.remove(sid)
+        if record["status"] == "completed":
+            summary["done"] += 1
+        else:
+            failing.append(sid)
+        summary["updated"] = record["started"]
+        return
+    if "msg" in record:
+        inbox = summary.setdefault("inbox", {})
+        inbox[record["msg"]] = max(inbox.get(record["msg"], 0), record["seq"])
+        return
+    _apply_event(summary, record)
+
+
+def summarize(state: State) -> State:
+    """The summary of a whole state."""
+    summary = {k: v for k, v in state.items() if k not in ("steps", "inbox")}
+    steps = state["steps"].values()
+    summary["done"] = sum(s["status"] == "completed" for s in steps)
+    summary["failing"] = [s["sid"] for s in steps if s["status"] != "completed"]
+    if state.get("inbox"):
+        summary["inbox"] = {topic: msgs[-1][0] for topic, msgs in state["inbox"].items() if msgs}
+    return summary
+
+
+def _apply_event(state: State, record: Record) -> None:
     event = record["event"]
     run = record.get("run", state["runs"])
     if (run, _PHASE[event]) < (state["runs"], _PHASE[state["status"]]):
@@ -104,170 +146,13 @@ def apply(state: State, record: Record) -> None:
         state["error"] = None
         if state["started"] is None:
             state["started"] = record["at"]
-    elif event == "failed":
+    elif event in ("failed", "interrupted"):
         state["error"] = record.get("error")
-
-
-def _utf8(text: str, value: object, ascii_encode: Callable[[object], str]) -> bytes:
-    """``text`` as UTF-8, or, if it holds a lone surrogate, ``value`` re-encoded as ASCII JSON."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return ascii_encode(value).encode("ascii")
-
-
-# Built once: json.dumps() with options builds a new encoder on every call.
-_compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_compact_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-_line = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
-_line_ascii = json.JSONEncoder(allow_nan=False).encode
-
-_BODY_MARK = b'\n "workflows": '
-
-
-def _render(workflows: dict[str, State], line: Callable[[object], str]) -> str:
-    # One line per workflow field and per step: readable, and each line is encoded by the
-    # C encoder (json.dumps(indent=...) falls back to the slow pure-Python one).
-    out = ["{"]
-    for n, (workflow_id, state) in enumerate(workflows.items()):
-        out.append(f"  {line(workflow_id)}: {{")
-        out.extend(f"   {line(k)}: {line(v)}," for k, v in state.items() if k != "steps")
-        out.append('   "steps": {')
-        steps = [f"    {line(sid)}: {line(step)}" for sid, step in state["steps"].items()]
-        if steps:
-            out.append(",\n".join(steps))
-        out.append("   }")
-        out.append("  }," if n < len(workflows) - 1 else "  }")
-    out.append(" }\n}\n")
-    return "\n".join(out)
-
-
-def dump_snapshot(workflows: dict[str, State]) -> bytes:
-    """Encode the state file, with a CRC-32 of everything after ``"workflows":``."""
-    body = _utf8(_render(workflows, _line), workflows, lambda _: _render(workflows, _line_ascii))
-    head = f'{{\n "format": "{FORMAT}",\n "version": {VERSION},\n'
-    head += f' "checksum": "crc32:{zlib.crc32(body):08x}",'
-    return head.encode("ascii") + _BODY_MARK + body
-
-
-def load_snapshot(data: bytes, path: str) -> dict[str, State]:
-    """Decode a state file, raising :class:`CorruptStateError` on any damage."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _corrupt(path, "it is not valid JSON (it was truncated or damaged)") from None
-    if not isinstance(doc, dict) or set(doc) != {"format", "version", "checksum", "workflows"}:
-        raise _corrupt(path, "it is not a duravoke state file")
-    _check_version(doc.get("format"), FORMAT, doc.get("version"), path)
-    mark = data.find(_BODY_MARK)
-    crc = zlib.crc32(data[mark + len(_BODY_MARK) :]) if mark >= 0 else None
-    workflows = doc["workflows"]
-    if not isinstance(workflows, dict) or doc["checksum"] != f"crc32:{crc:08x}":
-        raise _corrupt(path, "its checksum does not match its content (it was damaged or edited)")
-    for state in workflows.values():
-        if not _valid_state(state):
-            raise _corrupt(path, "a workflow in it has an unexpected shape")
-    return workflows
-
-
-def _valid_state(state: object) -> bool:
-    return (
-        isinstance(state, dict)
-        and isinstance(state.get("steps"), dict)
-        and state.get("status") in _STATUSES | {"new"}
-        and all(isinstance(s, dict) and "status" in s for s in state["steps"].values())
-    )
-
-
-def journal_line(record: Record) -> bytes:
-    """One journal record: ``<crc32 hex> <compact JSON>\\n``."""
-    body = _utf8(_compact(record), record, _compact_ascii)
-    return b"%08x %s\n" % (zlib.crc32(body), body)
-
-
-def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record], bool, int]:
-    """Decode a journal: (its records, whether its end is torn, where its records end).
-
-    The first line is a header naming the format, version and workflow; each record is
-    a line. Zeros after the last record are space grown ahead of the records (see
-    ``_journal``) and end at the returned offset; 0 means no header was written. A
-    damaged record, or bytes other than zeros after the last record, followed by no
-    intact record is what a crash mid-write leaves: it is dropped, and reported as torn
-    so that nothing gets written after it. A damaged record followed by an intact one
-    is real corruption and raises :class:`CorruptStateError`.
-    """
-    *lines, rest = data.split(b"\n")
-    records: list[Record] = []
-    damaged = False
-    end = position = 0
-    for line in lines:
-        position += len(line) + 1
-        record = _parse_line(line)
-        if record is None:
-            damaged = True
-            continue
-        if damaged:
-            raise _corrupt(path, "a record in the middle of it is damaged")
-        records.append(record)
-        end = position
-    torn = damaged or bool(rest.strip(b"\0"))
-    if not records:
-        return [], torn, 0
-    header = records.pop(0)
-    _check_version(header.get("format"), JOURNAL_FORMAT, header.get("version"), path)
-    if header.get("workflow") != workflow_id:
-        raise _corrupt(path, f"it belongs to workflow {header.get('workflow')!r}")
-    if not all(_valid_record(r) for r in records):
-        raise _corrupt(path, "a record in it has an unexpected shape")
-    return records, torn, end
 
 
 def status_event(state: State) -> Record:
     """The workflow event that brings any earlier state to ``state``'s status."""
     event: Record = {"event": state["status"], "at": state["updated"], "run": state["runs"]}
-    if state["status"] == "failed":
+    if state["status"] in ("failed", "interrupted"):
         event["error"] = state["error"]
     return event
-
-
-def _parse_line(line: bytes) -> Record | None:
-    if len(line) < 10 or line[8:9] != b" ":
-        return None
-    body = line[9:]
-    try:
-        if int(line[:8], 16) != zlib.crc32(body):
-            return None
-        record = json.loads(body.decode("utf-8"))
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _valid_record(record: Record) -> bool:
-    if "sid" in record:
-        return isinstance(record["sid"], str) and "status" in record and "started" in record
-    event = record.get("event")
-    return (
-        event in _STATUSES
-        and "at" in record
-        and (event != "running" or isinstance(record.get("run"), int))
-    )
-
-
-def _check_version(fmt: object, expected: str, version: object, path: str) -> None:
-    if fmt != expected:
-        raise _corrupt(path, "it is not a duravoke state file")
-    if version != VERSION:
-        raise CorruptStateError(
-            f"{path} has format version {version!r}, but this duravoke reads version {VERSION}."
-            " Upgrade duravoke to read it; the file was left untouched.",
-            path=path,
-        )
-
-
-def _corrupt(path: str, why: str) -> CorruptStateError:
-    return CorruptStateError(
-        f"cannot load {path}: {why}. The file was left untouched; move it aside (or restore"
-        " it from a backup) to start that state afresh, or use `duravoke forget`.",
-        path=path,
-    )

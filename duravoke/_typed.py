@@ -559,10 +559,9 @@ class ResultCodec:
     the body first runs.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str, serializer: Serializer) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.name = name
         self._fn = fn
-        self._serializer = serializer
         self._lock = threading.Lock()
         self._kind: int | None = None
         self._annotation: Any = None
@@ -572,25 +571,24 @@ class ResultCodec:
         #: (see _loose); then every record is compared type by type, not just with ==.
         self._exact = False
 
-    def prepare(self) -> None:
+    def prepare(self, serializer: Serializer) -> None:
         """Read the return annotation once; refuse one that cannot be recorded.
+
+        A serializer of the user's own (pickle) records what it records: then the
+        annotation is not consulted.
 
         Raises:
             SerializationError: the annotation names something that cannot be recorded
                 and rebuilt (a file, a lock, an iterator, a plain class), or needs
                 pydantic and it is missing; says what to do instead.
         """
-        if self._kind is not None:
+        if self._kind is not None or not isinstance(serializer, JSONSerializer):
             return
         with self._lock:
             if self._kind is None:
                 self._resolve()
 
     def _resolve(self) -> None:
-        if not isinstance(self._serializer, JSONSerializer):
-            # A serializer of the user's own (pickle) records what it records.
-            self._kind = _PLAIN
-            return
         target = inspect.unwrap(self._fn)
         raw = getattr(target, "__annotations__", {}).get("return", _NoneType)
         try:
@@ -668,25 +666,27 @@ class ResultCodec:
                 f"duravoke cannot rebuild {annotation!r} from data ({why})",
             ) from None
 
-    def encode(self, value: object, *, where: str = "result") -> JSONValue:
-        """JSON data for ``value``: untyped as the serializer writes it, or typed.
+    def encode(self, value: object, serializer: Serializer, *, where: str = "result") -> JSONValue:
+        """JSON data for ``value``: untyped as ``serializer`` writes it, or typed.
 
         Raises:
             SerializationError: the value cannot be recorded, with where it sits.
         """
-        self.prepare()
+        if not isinstance(serializer, JSONSerializer):
+            return serializer.encode(value, where=where)
+        self.prepare(serializer)
         kind = self._kind
         if kind == _PLAIN:
-            return self._serializer.encode(value, where=where)
+            return serializer.encode(value, where=where)
         if kind == _ZONED:
             try:
-                return self._serializer.encode(value, where=where)
+                return serializer.encode(value, where=where)
             except SerializationError:
                 pass  # a zoned datetime, say: the typed record keeps its zone
             self._ensure_adapter()
         return _tag(_TYPED_TAG, to_data(value, where=where))
 
-    def decode(self, data: JSONValue) -> object:
+    def decode(self, data: JSONValue, serializer: Serializer) -> object:
         """Rebuild a recorded value; the annotation, never the data, picks the classes.
 
         Records without the typed mark (untyped, or written before the annotation was
@@ -699,7 +699,9 @@ class ResultCodec:
             validate = self._validate
             if validate is not None and len(data) == 2:
                 return validate(_from(data["v"]))
-            self.prepare()
+            if not isinstance(serializer, JSONSerializer):
+                return serializer.decode(data)
+            self.prepare(serializer)
             try:
                 self._ensure_adapter()
             except SerializationError as exc:
@@ -712,21 +714,21 @@ class ResultCodec:
             if len(data) != 2 or "v" not in data:
                 raise ValueError(f"malformed typed record: {data!r:.200}")
             return self._adapter.validate_python(_from(data["v"]))
-        return self._serializer.decode(data)
+        return serializer.decode(data)
 
-    def record(self, value: object) -> tuple[JSONValue, object]:
+    def record(self, value: object, serializer: Serializer) -> tuple[JSONValue, object]:
         """Encode a fresh result and rebuild it as a replay would: (data, value).
 
         Raises:
             SerializationError: the value cannot be recorded, does not fit the annotation
                 or would not come back equal, naming where (``result.items[2].when``).
         """
-        encoded = self.encode(value, where="result")
+        encoded = self.encode(value, serializer, where="result")
         if type(encoded) is not dict or encoded.get("$t") != _TYPED_TAG:
-            return encoded, self._serializer.decode(encoded)
+            return encoded, serializer.decode(encoded)
         pydantic = sys.modules["pydantic"]
         try:
-            rebuilt = self.decode(encoded)
+            rebuilt = self.decode(encoded, serializer)
         except pydantic.ValidationError as exc:
             error = exc.errors()[0]
             where = _where(tuple(error["loc"]), "result")
@@ -778,6 +780,6 @@ def _loose(schema: Any) -> bool:
     return False
 
 
-def result_codec(fn: Callable[..., Any], name: str, serializer: Serializer) -> ResultCodec:
-    """The codec that records ``fn``'s results with ``serializer`` (see the module docstring)."""
-    return ResultCodec(fn, name, serializer)
+def result_codec(fn: Callable[..., Any], name: str) -> ResultCodec:
+    """The codec that records ``fn``'s results (see the module docstring)."""
+    return ResultCodec(fn, name)

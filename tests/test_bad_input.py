@@ -300,7 +300,7 @@ HOSTILE_IDS = {
     "huge": "a" * 10_000,
     "nul": "a\x00b",
     "emoji": "📧 newsletter/2026 ✓",
-    "empty": "",
+    "dash": "-rf --all",
     "backslash": "..\\..\\x",
     "newline": "line\nbreak\r",
 }
@@ -320,6 +320,12 @@ def test_hostile_workflow_ids_work_and_stay_inside_the_store(
     assert state is not None
     assert state["status"] == "completed"
     _assert_files_inside(store_kind, tmp_path)
+
+
+def test_the_empty_workflow_id_is_refused(d: duravoke.Duravoke) -> None:
+    # It would be a blank cell in `duravoke list` and impossible to pass back to `show`.
+    with pytest.raises(ValueError, match="must not be empty"):
+        d.workflow("")
 
 
 def test_an_absolute_path_id_stays_inside_the_store(

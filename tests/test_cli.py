@@ -231,7 +231,9 @@ def test_show_interrupted_run_with_unrecorded_parent() -> None:
     out = cli("show", "killed").stdout.splitlines()
     assert out[1] == "status    interrupted"
     steps = out[out.index("") + 1 :]
-    assert steps[0] == "app.parent  (in progress or interrupted; not recorded)"
+    # The parent has no record of its end: it was in flight when the process died.
+    assert steps[0].startswith("app.parent ")
+    assert steps[0].endswith("  in flight when the run stopped")
     assert steps[1].startswith("  app.child(x=1) ")
     assert cli("list").stdout.splitlines()[1].split()[:3] == ["killed", "interrupted", "1"]
 
@@ -431,17 +433,27 @@ def _damage(folder: Path, workflow_id: str) -> Path:
 def test_damaged_state_file(app: App, duravoke_home: Path) -> None:
     for workflow_id in ("good-1", "bad", "good-2"):
         app.run(workflow_id)
+    app.d.store.close()  # folds the log into the state files
     damaged = _damage(duravoke_home, "bad")
 
     proc = cli("list")
-    assert proc.returncode == 1  # what could be read is listed, the damage is reported
-    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["ID", "good-2", "good-1"]
+    assert proc.returncode == 1  # everything is listed, the damage is reported
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert [row[0] for row in rows] == ["ID", "bad", "good-2", "good-1"]
+    assert rows[1][1] == "corrupt"
+    assert str(damaged) in proc.stdout  # where to look
     (warning,) = proc.stderr.splitlines()
     assert warning.startswith("duravoke: warning: ")
     assert str(damaged) in warning
     as_json = cli("list", "--json")
     assert as_json.returncode == 1
-    assert [w["id"] for w in json.loads(as_json.stdout)] == ["good-2", "good-1"]
+    listed = json.loads(as_json.stdout)
+    assert [(w["id"], w["status"]) for w in listed] == [
+        ("bad", "corrupt"),
+        ("good-2", "completed"),
+        ("good-1", "completed"),
+    ]
+    assert listed[0]["path"] == str(damaged)
 
     assert_one_line_error(cli("show", "bad"), str(damaged), "damaged")
     assert damaged.stat().st_size == 150  # left untouched
@@ -457,8 +469,16 @@ def test_damaged_persisted_kkv_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     App(duravoke.PersistedKKV(path)).run("one")
     path.write_bytes(path.read_bytes().replace(b'"completed"', b'"complete"', 1))
-    for args in (["list"], ["show", "one"], ["list", "--json"]):
-        assert_one_line_error(cli(*args, "--store", str(path)), str(path), "checksum")
+    assert_one_line_error(cli("show", "one", "--store", str(path)), str(path), "checksum")
+    for args in (["list"], ["list", "--json"]):
+        proc = cli(*args, "--store", str(path))
+        assert proc.returncode == 1
+        (warning,) = proc.stderr.splitlines()
+        assert warning.startswith("duravoke: warning: ")
+        assert str(path) in warning
+        assert "checksum" in warning
+        assert "corrupt" in proc.stdout
+        assert str(path) in proc.stdout
 
 
 # --- usage ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The storage engine's own rules: one write per step, journals grown ahead, compaction."""
+"""The storage engine's own rules: one write per step, the log grown ahead, checkpoints."""
 
 from __future__ import annotations
 
@@ -22,13 +22,11 @@ def _steps(d: duravoke.Duravoke, calls: list[int]):  # type: ignore[no-untyped-d
     return step
 
 
-def _journals(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.journal"))
+def _segments(folder: Path) -> list[Path]:
+    return sorted((folder / "log").glob("log.*"))
 
 
-def test_a_step_costs_one_fsync_of_its_journal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_step_costs_one_fsync_of_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The real os.fsync is called; only the calls are counted.
     counted: list[int] = []
     real_fsync = os.fsync
@@ -40,16 +38,16 @@ def test_a_step_costs_one_fsync_of_its_journal(
     d = duravoke.Duravoke(duravoke.DirectoryStore(tmp_path / "s"))
     step = _steps(d, [])
     with d.workflow("w"):
-        step(0)  # creates the journal: header, fsync, folder fsync
+        step(0)  # creates the log: header, fsync, folder fsync
         monkeypatch.setattr(os, "fsync", counting_fsync)
         for i in range(1, 51):
             step(i)
         monkeypatch.setattr(os, "fsync", real_fsync)
     assert len(counted) == 50
-    assert len(set(counted)) == 1  # always the journal's descriptor
+    assert len(set(counted)) == 1  # always the log's descriptor
 
 
-def test_the_journal_is_grown_ahead_and_its_size_does_not_change_per_step(tmp_path: Path) -> None:
+def test_the_log_is_grown_ahead_and_its_size_does_not_change_per_step(tmp_path: Path) -> None:
     folder = tmp_path / "s"
     d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
     step = _steps(d, [])
@@ -57,17 +55,41 @@ def test_the_journal_is_grown_ahead_and_its_size_does_not_change_per_step(tmp_pa
     with d.workflow("w"):
         for i in range(20):
             step(i)
-            (journal,) = _journals(folder)
-            sizes.append(journal.stat().st_size)
-        data = journal.read_bytes()
+            (segment,) = _segments(folder)
+            sizes.append(segment.stat().st_size)
+    data = segment.read_bytes()
     assert sizes == [64 * 1024] * 20
-    records, _, zeros = data.partition(b"\x00")
-    assert records.count(b"\n") == 22  # header, running event, 20 steps
+    frames, _, zeros = data.partition(b"\x00")
+    assert frames.count(b"\n#") == 21  # a header frame, one frame a step, the outcome
+    assert frames.count(b'"sid"') == 20
     assert not zeros.strip(b"\x00")
-    assert _journals(folder) == []  # folded into the state file when the run ended
 
 
-def test_a_run_after_a_crash_writes_on_into_the_same_journal(tmp_path: Path) -> None:
+def test_starting_and_finishing_a_workflow_cost_no_fsync_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        counted.append(fd)
+        real_fsync(fd)
+
+    d = duravoke.Duravoke(duravoke.DirectoryStore(tmp_path / "s"))
+    step = _steps(d, [])
+    with d.workflow("first"):
+        step(0)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    for w in range(10):
+        with d.workflow(f"w{w}"):
+            step(1)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    # One frame for the first step (with the "running" event), one for the outcome.
+    assert len(counted) == 20
+    assert list((tmp_path / "s").glob("w*.json")) == []  # no state file written per run
+
+
+def test_a_run_after_a_crash_writes_on_into_the_same_segment(tmp_path: Path) -> None:
     folder = tmp_path / "s"
     program = textwrap.dedent(
         f"""
@@ -97,20 +119,44 @@ def test_a_run_after_a_crash_writes_on_into_the_same_journal(tmp_path: Path) -> 
         return proc.stdout.split()[1::2]
 
     assert run(3, "crash") == ["0", "1", "2"]
-    (journal,) = _journals(folder)
-    inode = journal.stat().st_ino
+    (segment,) = _segments(folder)
+    inode = segment.stat().st_ino
     assert run(5, "crash") == ["3", "4"]
-    (journal,) = _journals(folder)
-    assert journal.stat().st_ino == inode  # the same file, no compaction needed
+    (segment,) = _segments(folder)
+    assert segment.stat().st_ino == inode  # the same file
     assert run(6, "ok") == ["5"]
-    assert _journals(folder) == []
     state = duravoke.DirectoryStore(folder).read("w")
     assert state is not None
     assert state["status"] == "completed"
     assert sorted(s["result"] for s in state["steps"].values()) == [0, 2, 4, 6, 8, 10]
+    # The clean exit folded the log into the state file.
+    (state_file,) = folder.glob("w.*.json")
+    assert b'"completed"' in state_file.read_bytes()
 
 
-def test_a_large_shared_file_is_rewritten_only_when_a_journal_has_grown(tmp_path: Path) -> None:
+def test_a_checkpoint_folds_the_log_into_state_files_and_index(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    store = duravoke.DirectoryStore(folder)
+    d = duravoke.Duravoke(store)
+    step = _steps(d, [])
+    for w in range(5):
+        with d.workflow(f"w{w}"):
+            step(w)
+    assert list(folder.glob("*.json")) == []
+    store.checkpoint()
+    assert len(list(folder.glob("w*.json"))) == 5
+    (segment,) = _segments(folder)  # the old ones are gone; a fresh one holds nothing
+    assert segment.read_bytes().count(b"#") == 1
+    index = (folder / "log" / "index.json").read_bytes()
+    assert index.count(b'"completed"') == 5
+    fresh = duravoke.DirectoryStore(folder)
+    assert fresh.workflow_ids() == [f"w{w}" for w in range(5)]
+    state = fresh.read("w3")
+    assert state is not None
+    assert [s["result"] for s in state["steps"].values()] == ["value 3" * 10]
+
+
+def test_a_large_shared_file_is_rewritten_only_when_the_log_has_grown(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     calls: list[int] = []
     d = duravoke.Duravoke(duravoke.PersistedKKV(path))
@@ -119,17 +165,15 @@ def test_a_large_shared_file_is_rewritten_only_when_a_journal_has_grown(tmp_path
         with d.workflow(f"filler-{w}"):
             for i in range(80):
                 step(i)
+    d.store.checkpoint()
     size = path.stat().st_size
     assert size > 256 * 1024
     before = path.read_bytes()
-    kept = _journals(tmp_path / "state.json.d")  # the fillers that ran after it grew so
-    assert kept
 
     with d.workflow("small"):
         step(1)
-    # The shared file was not rewritten for one step; the journal beside it holds it all.
+    # The shared file was not rewritten for one step; the log beside it holds it.
     assert path.read_bytes() == before
-    (small,) = set(_journals(tmp_path / "state.json.d")) - set(kept)
     calls.clear()
     d2 = duravoke.Duravoke(duravoke.PersistedKKV(path))
     step2 = _steps(d2, calls)
@@ -140,17 +184,15 @@ def test_a_large_shared_file_is_rewritten_only_when_a_journal_has_grown(tmp_path
         assert step2(1) == "value 1" * 10
     assert calls == []
 
-    # Once the journal holds a quarter of the file's size, the run folds it in.
+    # Once the log holds more than 256 KiB, the end of a run folds it in.
     with d2.workflow("small"):
-        for i in range(2, 2 + size // 4 // 150):
+        for i in range(2, 2 + 300 * 1024 // 150):
             step2(i)
-    assert not small.exists()
     assert path.read_bytes() != before
     state = duravoke.PersistedKKV(path).read("small")
     assert state is not None
     assert state["status"] == "completed"
-    assert len(state["steps"]) == 1 + size // 4 // 150
-    # Every workflow reads back whole, from the file or from its journal.
+    assert len(state["steps"]) == 1 + 300 * 1024 // 150
     store = duravoke.PersistedKKV(path)
     assert len(store.workflow_ids()) == 41
     for w in range(40):
@@ -161,29 +203,22 @@ def test_a_large_shared_file_is_rewritten_only_when_a_journal_has_grown(tmp_path
 
 def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> None:
     folder = tmp_path / "s"
-    d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
+    store = duravoke.DirectoryStore(folder)
+    d = duravoke.Duravoke(store)
     step = _steps(d, [])
     with d.workflow("w"):
         step(0)
+    store.checkpoint()
     (state_file,) = folder.glob("*.json")
-    # What a run killed while writing the state leaves: its journal, a temporary file.
+    # What a checkpoint killed while writing the state file leaves: a temporary file.
     leftover = folder / f".{state_file.name}.k1ll3d.tmp"
     leftover.write_bytes(b"half a state file")
     other = folder / ".another.json.k1ll3d.tmp"  # not this workflow's: left alone
     other.write_bytes(b"")
     with d.workflow("w"):
         step(1)
-    assert leftover.exists()  # a run that finds no journal has no reason to look
-
-    with d.workflow("w"):
-        step(2)
-        # Simulate the kill: the journal stays behind, as after a SIGKILL.
-        (journal,) = _journals(folder)
-        kept = journal.read_bytes()
-    journal.write_bytes(kept)
-    with d.workflow("w"):
-        step(3)
-    assert not leftover.exists()
+    store.checkpoint()
+    assert not leftover.exists()  # removed under the checkpoint lock, before writing
     assert other.exists()
 
     path = tmp_path / "state.json"
@@ -193,4 +228,4 @@ def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> No
     stale.write_bytes(b"half a state file")
     with kkv.workflow("w"):
         kkv_step(0)
-    assert not stale.exists()  # removed under the store's lock, before writing
+    assert not stale.exists()  # a small shared file is rewritten when a run ends

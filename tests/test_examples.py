@@ -238,6 +238,7 @@ def dedups(scenario: Scenario) -> int:
     return sum(line.startswith("dedup ") for line in scenario.log())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [spec.name for spec in EXAMPLE_SPECS])
 def test_example_survives_crashes(name: str, tmp_path: Path) -> None:
     """Crashed again and again, an example finishes with every item done exactly once."""
@@ -316,6 +317,7 @@ def test_retries_record_only_the_success(tmp_path: Path) -> None:
 SENT = re.compile(r"Sent email to user_id: (\d+) at (\d+)")
 
 
+@pytest.mark.slow
 def test_hello_durable_flaky(tmp_path: Path) -> None:
     """The original README's demo: re-run until finished; no e-mail is ever sent twice.
 

@@ -224,17 +224,26 @@ def test_default_store_and_store_strings(tmp_path: Path, duravoke_home: Path) ->
     assert [w.id for w in duravoke.list_workflows()] == ["in-default"]
 
 
-def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_state_is_listed_as_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store = duravoke.DirectoryStore(tmp_path / "s")
     d = duravoke.Duravoke(store)
     child, _, _ = _steps(d)
     for wid in ("good", "bad"):
         with d.workflow(wid):
             child(1)
+    store.checkpoint()  # write the state files
     (damaged,) = (tmp_path / "s").glob("bad.*.json")
     damaged.write_bytes(damaged.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="duravoke"):
-        assert [w.id for w in duravoke.list_workflows(store)] == ["good"]
+        listed = duravoke.list_workflows(store)
+    assert [(w.id, w.status, w.path) for w in listed] == [
+        ("bad", "corrupt", str(damaged)),  # the index still knows whose file it is
+        ("good", "completed", None),
+    ]
+    assert listed[0].error is not None
+    assert str(damaged) in listed[0].error
     assert str(damaged) in caplog.text
     with pytest.raises(duravoke.CorruptStateError) as info:
         duravoke.get_workflow("bad", store)
@@ -244,27 +253,26 @@ def test_damaged_state_is_skipped_by_list(tmp_path: Path, caplog: pytest.LogCapt
     assert not damaged.exists()
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_damaged_journal_is_skipped_by_list(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_damage_in_the_log_is_a_clear_error_naming_the_segment(tmp_path: Path) -> None:
+    # Damage that no crash can leave (a flipped byte before an intact frame) in the
+    # store-wide log: nobody can tell which workflows it held, so the store refuses to
+    # guess, names the segment and says how to salvage the intact records.
     store = duravoke.DirectoryStore(tmp_path / "s")
     d = duravoke.Duravoke(store)
     child, _, _ = _steps(d)
-    with d.workflow("good"):
-        child(1)
-    _kill_mid_run(str(tmp_path / "s"), "bad")
-    (journal,) = (tmp_path / "s").glob("bad.*.journal")
-    lines = journal.read_bytes().split(b"\n")
-    assert len(lines) >= 4  # header, running event, step, ""
-    lines[1] = lines[1].replace(b"running", b"Running")  # damage in the middle, not a torn tail
-    journal.write_bytes(b"\n".join(lines))
-    with caplog.at_level(logging.WARNING, logger="duravoke"):
-        assert [w.id for w in duravoke.list_workflows(store)] == ["good"]
-    assert "skipping workflow 'bad'" in caplog.text
+    for wid in ("one", "two"):
+        with d.workflow(wid):
+            child(1)
+    (segment,) = (tmp_path / "s" / "log").glob("log.*")
+    data = bytearray(segment.read_bytes())
+    data[data.index(b'"one"') + 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    fresh = duravoke.DirectoryStore(tmp_path / "s")
     with pytest.raises(duravoke.CorruptStateError) as info:
-        duravoke.get_workflow("bad", store)
-    assert info.value.path == str(journal)
+        duravoke.get_workflow("two", fresh)
+    assert info.value.path == str(segment)
+    assert "salvage" in str(info.value)
+    assert bytes(data) == segment.read_bytes()  # left as it was
 
 
 _KILL_MID_RUN = textwrap.dedent(
@@ -373,8 +381,9 @@ _KILL_AFTER_COMPACTION = textwrap.dedent(
     real_remove = filestore.remove
 
     def remove(path, **kwargs):
-        # The crash window between writing the final snapshot and deleting the journal.
-        if str(path).endswith(".journal"):
+        # The crash window of a checkpoint: state files and index written, the folded
+        # log segment not yet deleted.
+        if "log." in str(path):
             os.kill(os.getpid(), signal.SIGKILL)
         return real_remove(path, **kwargs)
 
@@ -387,19 +396,21 @@ _KILL_AFTER_COMPACTION = textwrap.dedent(
 
     with d.workflow("w"):
         step(1)
+    d.store.checkpoint()
     """
 )
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_killed_right_after_the_final_snapshot_is_completed(tmp_path: Path) -> None:
-    # The run finished: its snapshot says "completed". Only the journal's removal was
-    # cut short, and applying that stale journal again must not make it "running".
+    # The run finished and was folded into its state file and the index. Only the log
+    # segment's removal was cut short: applying it again must change nothing.
     folder = str(tmp_path / "s")
     proc = subprocess.run(
         [sys.executable, "-c", _KILL_AFTER_COMPACTION, folder], timeout=60, check=False
     )
     assert proc.returncode == -signal.SIGKILL
-    assert list((tmp_path / "s").glob("*.journal"))  # the crash happened where intended
+    assert list((tmp_path / "s").glob("w.*.json"))  # the crash happened where intended
+    assert len(list((tmp_path / "s" / "log").glob("log.*"))) == 2
     info = duravoke.get_workflow("w", folder)
     assert (info.status, info.steps_done, info.runs) == ("completed", 1, 1)

@@ -66,7 +66,7 @@ def test_failure_is_a_warning(d: duravoke.Duravoke, caplog: pytest.LogCaptureFix
     messages = _messages(caplog)
     assert messages[-1] == (
         logging.WARNING,
-        "workflow 'w' failed: 0 steps replayed, 0 executed, 1 failed",
+        "workflow 'w' failed (ValueError('nope')): 0 steps replayed, 0 executed, 1 failed",
     )
     assert any(level == logging.DEBUG and "failed" in m for level, m in messages)
 
@@ -131,6 +131,6 @@ def test_output_only_when_the_application_configures_logging(mode: str) -> None:
         "duravoke INFO workflow 'logged' completed: 0 steps replayed, 1 executed, 0 failed" in lines
     )
     assert (
-        "duravoke WARNING workflow 'failing' failed: 0 steps replayed, 0 executed, 1 failed"
-        in lines
+        "duravoke WARNING workflow 'failing' failed (ValueError('nope')): 0 steps replayed,"
+        " 0 executed, 1 failed" in lines
     )

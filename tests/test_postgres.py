@@ -148,8 +148,9 @@ def test_psycopg_is_imported_only_for_the_postgres_store(tmp_path: Path) -> None
         duravoke.Duravoke(duravoke.open_store(sys.argv[1]))
         assert "psycopg" not in sys.modules, "a file store imported psycopg"
         sys.modules["psycopg"] = None  # as if it were not installed
+        from duravoke import *  # works without psycopg
         try:
-            duravoke.PostgresStore
+            PostgresStore("postgresql://127.0.0.1/test")
         except ImportError as exc:
             print(exc)
     """
@@ -390,7 +391,7 @@ def test_forget_read_and_workflow_ids(pg: duravoke.PostgresStore) -> None:
         assert state is not None
         assert state["status"] == "completed"
     finally:
-        lease.close(None)
+        lease.close()
     pg.forget("a")
     assert pg.workflow_ids() == ["c"]
 
@@ -414,7 +415,7 @@ def test_a_damaged_row_raises_corrupt_state_and_other_workflows_work(
     # The damaged workflow was not locked for good by the failed attempt.
     lease = pg.try_lock("bad")
     assert lease is not None
-    lease.close(None)
+    lease.close()
 
 
 # ------------------------------------------------------------------------------- locking
@@ -427,10 +428,9 @@ def test_workflow_busy_across_processes(
     code = """
         import sys
         import duravoke
-        lease = duravoke.open_store(sys.argv[1]).lock(sys.argv[2], timeout=30)
-        print("locked", flush=True)
-        sys.stdin.readline()
-        lease.close(None)
+        with duravoke.Duravoke(duravoke.open_store(sys.argv[1])).workflow(sys.argv[2]):
+            print("locked", flush=True)
+            sys.stdin.readline()
         print("released", flush=True)
     """
     child = spawn(procs, code, pg.location, "shared")
@@ -460,10 +460,10 @@ def test_the_same_id_in_two_schemas_does_not_collide(tmp_path: Path) -> None:
     try:
         second = two.try_lock("same")
         assert second is not None
-        second.close(None)
+        second.close()
         assert one.try_lock("same") is None
     finally:
-        first.close(None)
+        first.close()
 
 
 CRASHER = """
@@ -523,7 +523,7 @@ def test_flush_durability_turns_synchronous_commit_off(tmp_path: Path) -> None:
     with d.workflow("w") as wf:
         square(3)
         lease: Any = wf._run.lease  # type: ignore[union-attr]
-        assert lease._conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        assert lease._session.conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
     fast.close()
     # What it recorded is there for a store in the default durability.
     slow = duravoke.Duravoke(make_store("postgres", folder))
@@ -531,7 +531,7 @@ def test_flush_durability_turns_synchronous_commit_off(tmp_path: Path) -> None:
     with slow.workflow("w") as wf:
         assert square(3) == 9
         lease = wf._run.lease  # type: ignore[union-attr]
-        assert lease._conn.execute("SHOW synchronous_commit").fetchone() != ("off",)
+        assert lease._session.conn.execute("SHOW synchronous_commit").fetchone() != ("off",)
     assert calls == [3]
 
 

@@ -415,7 +415,7 @@ def hostile_ids(tmp_path: Path) -> list[str]:
         "x" * 10_240,
         "a\x00b",
         "😀🔥",
-        "",
+        "-n",
         ".",
         "..",
         "CON",

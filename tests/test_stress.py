@@ -35,6 +35,7 @@ def steps_of(k: int) -> int:
     return 5 + k % 6
 
 
+@pytest.mark.slow
 def test_processes_and_threads_share_one_store(spec_kind: str, spec: str, tmp_path: Path) -> None:
     spec_text = spec
     entrants = ENTRANTS[spec_kind]

@@ -201,10 +201,12 @@ def torture(spec: str, tmp_path: Path, seed: int, steps: int, modes: list[str]) 
         assert mid_run_kills > 0, f"no kill landed while steps were running (seed {seed})"
 
 
+@pytest.mark.slow
 def test_sigkill_sync_workflow(spec: str, tmp_path: Path, seed: int) -> None:
     torture(spec, tmp_path, seed, steps=200, modes=["sync"])
 
 
+@pytest.mark.slow
 def test_sigkill_during_group_commit(spec: str, tmp_path: Path, seed: int) -> None:
     torture(spec, tmp_path, seed, steps=100, modes=["asyncio", "trio"])
 

@@ -26,7 +26,6 @@ import pytest
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 import duravoke
-from duravoke._state import dump_snapshot, load_snapshot
 from duravoke._typed import ResultCodec
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -205,10 +204,12 @@ def instance(tmp_path: Path) -> duravoke.Duravoke:
 
 
 def recorded_results(tmp_path: Path) -> list[Any]:
+    store = duravoke.DirectoryStore(store_dir(tmp_path))
     results = []
-    for path in store_dir(tmp_path).glob("*.json"):
-        for state in load_snapshot(path.read_bytes(), str(path)).values():
-            results += [s["result"] for s in state["steps"].values() if "result" in s]
+    for workflow_id in store.workflow_ids():
+        state = store.read(workflow_id)
+        assert state is not None
+        results += [s["result"] for s in state["steps"].values() if "result" in s]
     return results
 
 
@@ -636,14 +637,20 @@ async def test_a_value_that_does_not_match_is_refused_async(tmp_path: Path) -> N
 # --- the state never chooses the class -------------------------------------------
 
 
+_MEMORY: dict[Path, duravoke.InMemoryKKV] = {}
+
+
+def memory(tmp_path: Path) -> duravoke.Duravoke:
+    """An instance on the in-memory store of this test, whose state a test can edit."""
+    return duravoke.Duravoke(_MEMORY.setdefault(tmp_path, duravoke.InMemoryKKV()))
+
+
 def edit_result(tmp_path: Path, edit: Callable[[Any], Any]) -> None:
-    """Rewrite the recorded result in the state file, with a valid checksum."""
-    (path,) = store_dir(tmp_path).glob("*.json")
-    workflows = load_snapshot(path.read_bytes(), str(path))
-    for state in workflows.values():
+    """Rewrite the recorded results, as someone editing the state by hand would."""
+    for state in _MEMORY[tmp_path]._states.values():
         for step in state["steps"].values():
-            step["result"] = edit(step["result"])
-    path.write_bytes(dump_snapshot(workflows))
+            if "result" in step:
+                step["result"] = edit(step["result"])
 
 
 class Evil:
@@ -654,12 +661,12 @@ class Evil:
 
 
 def test_a_class_name_in_the_state_is_ignored(tmp_path: Path) -> None:
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with d.workflow("w"):
         d.duravoke(name="p")(annotated(Point, lambda: Point(1, 2)))()
     evil = {"__class__": f"{__name__}.Evil", "__init__": "os.system", "x": 5, "y": 6}
     edit_result(tmp_path, lambda r: {"$t": "typed", "v": evil})
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with d.workflow("w"):
         got = d.duravoke(name="p")(annotated(Point, lambda: Point(1, 2)))()
     same(Point(5, 6), got)
@@ -678,37 +685,37 @@ def test_a_class_name_in_the_state_is_ignored(tmp_path: Path) -> None:
     ids=["pickle-tag", "identity-tag", "zone-path", "bad-field", "unhashable-key"],
 )
 def test_an_edited_state_cannot_build_another_class(tmp_path: Path, payload: Any) -> None:
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with d.workflow("w"):
         d.duravoke(name="p")(annotated(Point, lambda: Point(1, 2)))()
     edit_result(tmp_path, lambda r: {"$t": "typed", "v": payload})
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with pytest.raises(duravoke.CorruptStateError), d.workflow("w"):
         d.duravoke(name="p")(annotated(Point, lambda: Point(1, 2)))()
     assert not Evil.built
 
 
 def test_the_annotation_decides_the_class_not_the_data(tmp_path: Path) -> None:
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with d.workflow("w"):
         d.duravoke(name="pet")(annotated(Cat | Dog, lambda: Cat(lives=9)))()
     # Edited to the data of a Dog: under `Cat | Dog` it is a Dog, which that annotation
     # allows; under `Cat` alone no Dog can be built.
     edit_result(tmp_path, lambda r: {"$t": "typed", "v": {"kind": "dog", "good": True}})
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with d.workflow("w"):
         got = d.duravoke(name="pet")(annotated(Cat | Dog, lambda: Cat(lives=9)))()
         assert type(got) is Dog
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with pytest.raises(duravoke.CorruptStateError), d.workflow("w"):
         d.duravoke(name="pet")(annotated(Cat, lambda: Cat(lives=9)))()
 
 
 def test_a_typed_record_under_a_removed_annotation_is_reported(tmp_path: Path) -> None:
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with d.workflow("w"):
         d.duravoke(name="p")(annotated(Point, lambda: Point(1, 2)))()
-    d = instance(tmp_path)
+    d = memory(tmp_path)
     with pytest.raises(duravoke.CorruptStateError), d.workflow("w"):
         d.duravoke(name="p")(lambda: Point(1, 2))()
 
@@ -720,9 +727,10 @@ def test_codec_encodes_no_class_names_and_decodes_by_annotation() -> None:
     def f() -> list[Point | Customer]:
         raise NotImplementedError
 
-    codec = ResultCodec(f, "f", duravoke.JSONSerializer())
-    codec.prepare()
-    data, value = codec.record([Point(1, 2), CUSTOMER])
+    json_serializer = duravoke.JSONSerializer()
+    codec = ResultCodec(f, "f")
+    codec.prepare(json_serializer)
+    data, value = codec.record([Point(1, 2), CUSTOMER], json_serializer)
     assert data == {
         "$t": "typed",
         "v": [
@@ -737,7 +745,7 @@ def test_codec_encodes_no_class_names_and_decodes_by_annotation() -> None:
         ],
     }
     same([Point(1, 2), CUSTOMER], value)
-    same([Point(1, 2), CUSTOMER], codec.decode(json.loads(json.dumps(data))))
+    same([Point(1, 2), CUSTOMER], codec.decode(json.loads(json.dumps(data)), json_serializer))
 
 
 def test_a_custom_serializer_is_left_alone(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def main() -> int:
                 if lease is None:
                     busy.append(k)
                 else:
-                    lease.close(None)
+                    lease.close()
                 with d.workflow(workflow_id):
                     # One step of its own per entrant: each run writes something, and
                     # the test can see that no run's records were lost.

@@ -7,13 +7,15 @@ They never change a workflow's state, except :func:`forget`, which deletes it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
+from ._logging import logger
+from ._open import open_store
 from ._serializer import JSONSerializer
 from ._state import State
 from ._store import Store
@@ -28,13 +30,12 @@ __all__ = [
     "short_repr",
 ]
 
-Status = Literal["running", "completed", "failed", "interrupted"]
+Status = Literal["running", "completed", "failed", "interrupted", "corrupt"]
 
 #: The longest result preview, in characters.
 PREVIEW_LIMIT = 60
 
 _DECODER = JSONSerializer()
-logger = logging.getLogger("duravoke")
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
@@ -48,14 +49,23 @@ class StepInfo:
         path: the names of the decorated functions it was called from.
         function: the function's name (``module.qualname`` or ``name=``).
         occurrence: 0 for the first identical call in a run, 1 for the next...
-        status: ``"completed"`` (its result is recorded) or ``"failed"`` (it raised
-            and runs again next time).
+        status: ``"completed"`` (its result is recorded), ``"failed"`` (it raised
+            and runs again next time), ``"running"`` (in flight now) or
+            ``"interrupted"`` (it was in flight when its run stopped; it runs again).
         started: when the call started (UTC).
         duration: how long it took, in seconds.
         args: the call's arguments by parameter name (or what ``key=`` returned), when
             they were short enough to be recorded; else None.
         result_preview: a short ``repr`` of the recorded result ("" when failed).
         error: the ``repr`` of the exception a failed call raised, else None.
+        run: the number of the workflow run that executed the call (later runs replayed
+            it), when the record says; else None.
+        result: the recorded result, decoded as a replay with the default
+            :class:`JSONSerializer` would return it (None unless completed). A result
+            recorded by another serializer (such as ``PickleSerializer``, whose records
+            are never decoded here since that would run code) is left as its recorded
+            JSON.
+        result_json: the recorded result as it is stored (tagged JSON), or None.
     """
 
     sid: str
@@ -69,6 +79,9 @@ class StepInfo:
     args: Any
     result_preview: str
     error: str | None
+    result: Any = None
+    result_json: Any = None
+    run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,8 @@ class WorkflowInfo:
         status: ``"running"`` (a process or thread holds its lock right now),
             ``"completed"``, ``"failed"`` (its last run raised; see ``error``) or
             ``"interrupted"`` (its last run stopped without finishing: the process
-            died or was killed; run it again to resume).
+            died or was killed, Ctrl-C or cancellation; run it again to resume), or
+            ``"corrupt"`` (its state is damaged: ``error`` says how, ``path`` where).
         steps_done: how many steps completed.
         steps_failed: how many steps raised (they run again next time).
         runs: how many times the workflow was entered.
@@ -88,6 +102,7 @@ class WorkflowInfo:
         updated: when anything was last recorded (UTC), if recorded.
         error: the ``repr`` of the exception that failed the last run, else None.
         steps: every recorded step, in the order they started.
+        path: the damaged file of a ``"corrupt"`` workflow, else None.
     """
 
     id: str
@@ -99,6 +114,7 @@ class WorkflowInfo:
     updated: datetime | None
     error: str | None
     steps: tuple[StepInfo, ...]
+    path: str | None = None
 
 
 def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store:
@@ -106,11 +122,9 @@ def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store:
     if isinstance(store, Store):
         return store
     if store is None:
-        from . import default_instance
+        from ._duravoke import default_instance
 
         return default_instance().store
-    from ._stores import open_store
-
     return open_store(store)
 
 
@@ -121,20 +135,74 @@ def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[
         store: a store, a string for :func:`duravoke.open_store`, or None for the store
             of the default instance (``$DURAVOKE_HOME`` or the user state folder).
 
-    A workflow whose state is damaged is left out, with a warning logged on the
-    ``"duravoke"`` logger; :func:`get_workflow` on its id raises the error.
+    A workflow whose state is damaged is listed with status ``"corrupt"``, the damaged
+    file in ``path`` and the reason in ``error`` (and a warning is logged on the
+    ``"duravoke"`` logger); :func:`get_workflow` on its id raises the error. Its ``id``
+    is empty when the damaged file is the only place that holds it. Damaged workflows
+    come first: they need someone's attention.
     """
     target = resolve_store(store)
-    found = []
-    for workflow_id in target.workflow_ids():
+    found: list[WorkflowInfo] = []
+    try:
+        workflow_ids = target.workflow_ids()
+    except CorruptStateError as exc:  # one file holds them all (PersistedKKV)
+        logger.warning("%s", exc)
+        return [_corrupt("", exc)]
+    for workflow_id in workflow_ids:
         try:
             found.append(get_workflow(workflow_id, target))
         except CorruptStateError as exc:
-            logger.warning("skipping workflow %r: %s", workflow_id, exc)
+            logger.warning("workflow %r is damaged: %s", workflow_id, exc)
+            found.append(_corrupt(workflow_id, exc))
         except WorkflowNotFoundError:
             pass  # forgotten since it was listed
-    found.sort(key=lambda w: w.updated or _EPOCH, reverse=True)
+    # The store skipped these (and warned): the id is inside the damaged file.
+    found.extend(_corrupt("", exc) for exc in _unreadable(target, workflow_ids))
+    found.sort(key=lambda w: (w.status == "corrupt", w.updated or _EPOCH), reverse=True)
     return found
+
+
+def _corrupt(workflow_id: str, exc: CorruptStateError) -> WorkflowInfo:
+    return WorkflowInfo(
+        id=workflow_id,
+        status="corrupt",
+        steps_done=0,
+        steps_failed=0,
+        runs=0,
+        started=None,
+        updated=None,
+        error=str(exc),
+        steps=(),
+        path=exc.path,
+    )
+
+
+def _unreadable(store: Store, workflow_ids: list[str]) -> list[CorruptStateError]:
+    """The damaged files in which ``store`` could not even read which workflows they hold."""
+    report = getattr(store, "damaged", None)
+    if callable(report):  # a store that keeps track of them says so itself
+        return list(report())
+    from ._filestore import DirectoryStore
+
+    if not isinstance(store, DirectoryStore):
+        return []
+    # One state file per workflow, named after its id: a file that belongs to no listed
+    # id is one the store skipped. Only those are read again, to say what is wrong.
+    from ._filestore import _file_stem
+    from ._snapshot import load_snapshot
+
+    known = {_file_stem(workflow_id) + ".json" for workflow_id in workflow_ids}
+    errors = []
+    for path in sorted(Path(store.location).glob("*.json")):
+        if path.name in known:
+            continue
+        try:
+            load_snapshot(path.read_bytes(), str(path))
+        except CorruptStateError as exc:
+            errors.append(exc)
+        except OSError:
+            pass  # forgotten meanwhile, or unreadable: the store warned about it
+    return errors
 
 
 def get_workflow(
@@ -164,12 +232,12 @@ def get_workflow(
     if lease is not None:
         running = False
         try:
-            if state["status"] not in ("completed", "failed"):
+            if state["status"] not in ("completed", "failed", "interrupted"):
                 # It may have finished since it was read: read it again, now that it
                 # cannot change, before calling it interrupted.
                 state = target.read(workflow_id)
         finally:
-            lease.close(None)
+            lease.close()
         if state is None:
             raise _not_found(workflow_id, target)
     return _info(workflow_id, state, running)
@@ -226,36 +294,44 @@ def _preview(value: object, limit: int = PREVIEW_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _step(record: dict[str, Any]) -> StepInfo:
-    completed = record.get("status") == "completed"
+def _step(record: dict[str, Any], running: bool) -> StepInfo:
+    status = str(record.get("status"))
+    completed = status == "completed"
     preview = ""
+    result = recorded = None
     if completed and "result" in record:
-        try:
-            preview = _preview(_DECODER.decode(record["result"]))
-        except ValueError:  # recorded by another serializer (pickle): show the raw JSON
-            preview = _preview(record["result"])
+        result = recorded = record["result"]
+        with contextlib.suppress(ValueError):  # another serializer's (pickle): keep the JSON
+            result = _DECODER.decode(recorded)
+        preview = _preview(result)
+    elif status == "running" and not running:
+        status = "interrupted"  # it was in flight when its run stopped
     args = record.get("args")
     if args is not None:
         with contextlib.suppress(ValueError):  # else keep the raw JSON
             args = _DECODER.decode(args)
     path = record.get("path")
+    run = record.get("run")
     return StepInfo(
         sid=str(record.get("sid")),
         parent=record.get("parent"),
         path=tuple(path) if isinstance(path, list) else (),
         function=str(record.get("fn", "?")),
         occurrence=int(record.get("occ", 0)),
-        status=str(record.get("status")),
+        status=status,
         started=_time(record.get("started")) or _EPOCH,
         duration=float(record.get("duration", 0.0)),
         args=args,
         result_preview=preview,
         error=None if completed else record.get("error"),
+        result=result,
+        result_json=recorded,
+        run=run if isinstance(run, int) else None,
     )
 
 
 def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
-    steps = sorted((_step(r) for r in state["steps"].values()), key=lambda s: s.started)
+    steps = sorted((_step(r, running) for r in state["steps"].values()), key=lambda s: s.started)
     recorded = state["status"]
     status: Status
     if running:

@@ -1,0 +1,75 @@
+"""The store that keeps everything in this process's memory."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+
+from ._groupcommit import Done, Waitable
+from ._state import Record, State, apply, new_state
+from ._store import Lease, Store
+
+__all__ = ["InMemoryKKV"]
+
+
+class InMemoryKKV(Store):
+    """A store that lives in this process's memory and vanishes with it.
+
+    Useful in tests and for code that only wants replay within one process. It obeys
+    the same locking rules as the file stores, across threads.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, State] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        """``memory:`` followed by this store's id."""
+        return f"memory:{id(self):x}"
+
+    def try_lock(self, workflow_id: str) -> Lease | None:
+        """Take the workflow's lock without waiting."""
+        with self._guard:
+            lock = self._locks.setdefault(workflow_id, threading.Lock())
+        return _MemoryLease(self, workflow_id, lock) if lock.acquire(blocking=False) else None
+
+    def read(self, workflow_id: str) -> State | None:
+        """A copy of the workflow's state."""
+        with self._guard:
+            state = self._states.get(workflow_id)
+            return None if state is None else copy.deepcopy(state)
+
+    def workflow_ids(self) -> list[str]:
+        """Every workflow with recorded state."""
+        with self._guard:
+            return list(self._states)
+
+
+class _MemoryLease(Lease):
+    def __init__(self, store: InMemoryKKV, workflow_id: str, lock: threading.Lock) -> None:
+        super().__init__(workflow_id)
+        self._store = store
+        self._lock = lock
+
+    def load(self) -> State:
+        return self._store.read(self.workflow_id) or new_state()
+
+    def enqueue(self, records: Sequence[Record]) -> Waitable:
+        self.append(records)
+        return Done()
+
+    def append(self, records: Sequence[Record]) -> None:
+        with self._store._guard:
+            state = self._store._states.setdefault(self.workflow_id, new_state())
+            for record in records:
+                apply(state, copy.deepcopy(record))
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def forget(self) -> bool:
+        with self._store._guard:
+            return self._store._states.pop(self.workflow_id, None) is not None

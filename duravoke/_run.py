@@ -1,0 +1,336 @@
+"""Runs of workflows: which step is which, replay or execute, and recording.
+
+A :class:`Run` exists while a workflow is entered. It holds the workflow's lease and
+state, counts occurrences, and decides for every decorated call whether it replays
+(its result is recorded) or executes. A :class:`Step` owns its outcome: it completes
+with a result or fails with an exception, in a sync and an async form, so the
+decorator's wrappers only call the function in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._context import Context
+from ._errors import CorruptStateError, SerializationError, error_repr
+from ._identity import ARGS_PREVIEW_LIMIT, CallIdentity, call_key
+from ._logging import logger
+from ._state import Record, State, apply, now_iso
+
+if TYPE_CHECKING:
+    from ._serializer import Serializer
+    from ._store import Lease
+    from ._typed import ResultCodec
+
+__all__ = ["Frame", "Run", "Step"]
+
+
+class Frame:
+    """Where a call happens: in which run, under which decorated callers."""
+
+    __slots__ = ("path", "path_key", "run", "sid")
+
+    def __init__(self, run: Run, path: tuple[str, ...], path_key: str, sid: str | None) -> None:
+        self.run = run
+        self.path = path
+        self.path_key = path_key
+        self.sid = sid
+
+
+class Step:
+    """One decorated call inside a run: replayed (``replayed`` true) or to execute."""
+
+    __slots__ = (
+        "args",
+        "codec",
+        "frame",
+        "name",
+        "occ",
+        "parent",
+        "replayed",
+        "run",
+        "sid",
+        "started",
+        "t0",
+        "value",
+    )
+
+    def __init__(
+        self, run: Run, parent: Frame, name: str, sid: str, occ: int, *, codec: ResultCodec
+    ) -> None:
+        self.run = run
+        self.codec = codec
+        self.frame = parent
+        self.name = name
+        self.sid = sid
+        self.occ = occ
+        self.parent = parent.sid
+        self.replayed = False
+        self.value: Any = None
+        self.args: object = None
+        self.started = ""
+        self.t0 = 0.0
+
+    def body_frame(self) -> Frame:
+        """The frame the step's own body runs in."""
+        path = (*self.frame.path, self.name)
+        return Frame(
+            self.run, path, f"{self.frame.path_key}/{len(self.name)}:{self.name}", self.sid
+        )
+
+    def _record(self, status: str) -> Record:
+        record: Record = {
+            "sid": self.sid,
+            "parent": self.parent,
+            "path": list(self.frame.path),
+            "fn": self.name,
+            "occ": self.occ,
+            "status": status,
+            "started": self.started,
+            "duration": round(time.perf_counter() - self.t0, 6),
+        }
+        if self.args is not None:
+            record["args"] = self.args
+        return record
+
+    @contextlib.contextmanager
+    def body(self) -> Iterator[None]:
+        """The step's body runs inside: its calls are nested under it."""
+        entered = self.run.context.enter_step(self)
+        try:
+            yield
+        finally:
+            self.run.context.exit_step(entered)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record that the body raised ``exc`` (it runs again next time); the caller re-raises."""
+        self.run.record(self._failed(exc))
+
+    async def afail(self, exc: BaseException) -> None:
+        """:meth:`fail` for async code."""
+        await self.run.arecord(self._failed(exc))
+
+    def complete(self, result: object) -> Any:
+        """Record ``result`` and return what a replay would return.
+
+        Raises:
+            SerializationError: the result cannot be recorded (recorded as a failure).
+        """
+        record, value, error = self._outcome(result)
+        self.run.record(record)
+        if error is not None:
+            raise error
+        return value
+
+    async def acomplete(self, result: object) -> Any:
+        """:meth:`complete` for async code."""
+        record, value, error = self._outcome(result)
+        await self.run.arecord(record)
+        if error is not None:
+            raise error
+        return value
+
+    def _failed(self, exc: BaseException) -> Record:
+        record = self._record("failed")
+        record["error"] = error_repr(exc)
+        return record
+
+    def _outcome(self, result: object) -> tuple[Record, Any, BaseException | None]:
+        try:
+            # The value a replay would return, so the first run and every later one agree.
+            encoded, value = self.codec.record(result, self.run.serializer)
+        except SerializationError as exc:
+            error: BaseException = SerializationError(
+                f"{self.name}(): {exc}",
+                function=self.name,
+                where=exc.where,
+                type_name=exc.type_name,
+            )
+            if inspect.isawaitable(result):
+                error = TypeError(
+                    f"{self.name}() returned an awaitable: decorate the async function itself,"
+                    " so that duravoke records what it returns once awaited."
+                )
+            return self._failed(error), None, error
+        record = self._record("completed")
+        record["result"] = encoded
+        return record, value, None
+
+
+class Run:
+    """A workflow while it is entered: its lease, its state and its occurrence counts."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        lease: Lease,
+        state: State,
+        *,
+        serializer: Serializer,
+        location: str,
+        context: Context,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.context = context
+        self.lease = lease
+        self.state = state
+        self.serializer = serializer
+        self.location = location
+        self.steps: dict[str, Record] = state["steps"]
+        self.children: dict[str | None, list[str]] = {}
+        for sid, step in self.steps.items():
+            self.children.setdefault(step.get("parent"), []).append(sid)
+        self.counters: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.replayed = 0
+        self.executed = 0
+        self.failed = 0
+        #: The outcome recorded before this run, to skip writing when nothing changes.
+        self.before = (state["status"], state["error"])
+        event = {"event": "running", "at": now_iso(), "run": state["runs"] + 1}
+        apply(state, event)
+        self.pending: list[Record] = [event]
+        self.root = Frame(self, (), "", None)
+        logger.info(
+            "workflow %r started (run %d, %d steps recorded)",
+            workflow_id,
+            state["runs"],
+            len(self.steps),
+        )
+
+    def begin(
+        self,
+        frame: Frame,
+        identity: CallIdentity,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        codec: ResultCodec,
+    ) -> Step:
+        """Identify a call and decide: replay it (``step.replayed``) or execute it.
+
+        Raises:
+            SerializationError: the function's results could not be recorded (its
+                return annotation), or its arguments cannot identify the call.
+        """
+        codec.prepare(self.serializer)
+        encoded, args_json = identity.encode(args, kwargs)
+        key = call_key(frame.path_key, identity.name, args_json)
+        with self.lock:
+            occ = self.counters.get(key, 0)
+            self.counters[key] = occ + 1
+            step = Step(self, frame, identity.name, f"{key}:{occ}", occ, codec=codec)
+            recorded = self.steps.get(step.sid)
+            if recorded is not None and recorded["status"] == "completed":
+                self._skip_beneath(step.sid)
+                self.replayed += 1
+                step.replayed = True
+        if step.replayed:
+            step.value = self._decode(recorded, codec)  # type: ignore[arg-type]
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "replayed %s (step %s) in workflow %r",
+                    identity.name,
+                    step.sid,
+                    self.workflow_id,
+                )
+            return step
+        if len(args_json) <= ARGS_PREVIEW_LIMIT:
+            step.args = encoded
+        step.started = now_iso()
+        step.t0 = time.perf_counter()
+        return step
+
+    def _skip_beneath(self, sid: str) -> None:
+        # The body of a replayed step is skipped, but an uninterrupted run would have
+        # made the calls recorded beneath it: count their occurrences all the same.
+        stack = list(self.children.get(sid, ()))
+        while stack:
+            child = stack.pop()
+            key = child.rpartition(":")[0]
+            self.counters[key] = self.counters.get(key, 0) + 1
+            stack.extend(self.children.get(child, ()))
+
+    def _decode(self, record: Record, codec: ResultCodec) -> Any:
+        try:
+            return codec.decode(record["result"], self.serializer)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptStateError(
+                f"the recorded result of {record.get('fn')}() in workflow {self.workflow_id!r}"
+                f" ({self.location}) cannot be decoded: {exc!r}. Was it written with another"
+                " serializer?",
+                path=self.location,
+            ) from exc
+
+    def _stage(self, record: Record) -> list[Record]:
+        with self.lock:
+            if record["sid"] not in self.steps:
+                self.children.setdefault(record["parent"], []).append(record["sid"])
+            apply(self.state, record)
+            batch, self.pending = [*self.pending, record], []
+            if record["status"] == "completed":
+                self.executed += 1
+            else:
+                self.failed += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "executed %s (step %s, %s) in workflow %r",
+                record["fn"],
+                record["sid"],
+                record["status"],
+                self.workflow_id,
+            )
+        return batch
+
+    def record(self, record: Record) -> None:
+        """Append a step record durably (blocking)."""
+        self.lease.append(self._stage(record))
+
+    async def arecord(self, record: Record) -> None:
+        """Append a step record durably without blocking the event loop."""
+        # Queued here, on the event loop, in call order; every task that queued meanwhile
+        # shares the write (group commit), waited for in one worker thread per batch.
+        await self.lease.enqueue(self._stage(record)).wait_async()
+
+    def finish(self, exc: BaseException | None) -> None:
+        """Record how the run ended and release the lock.
+
+        A run that only replayed writes nothing, unless its outcome differs from the
+        recorded one.
+        """
+        event: Record = {
+            "event": _outcome(exc),
+            "at": now_iso(),
+            "run": self.state["runs"],
+        }
+        if exc is not None:
+            event["error"] = error_repr(exc)
+        wrote = not self.pending
+        apply(self.state, event)
+        try:
+            if wrote or (event["event"], event.get("error")) != self.before:
+                self.lease.append([*self.pending, event])
+        finally:
+            self.lease.close()
+        log = logger.info if exc is None else logger.warning
+        log(
+            "workflow %r %s%s: %d steps replayed, %d executed, %d failed",
+            self.workflow_id,
+            event["event"],
+            "" if exc is None else f" ({event['error']})",  # why, in the line people read
+            self.replayed,
+            self.executed,
+            self.failed,
+        )
+
+
+def _outcome(exc: BaseException | None) -> str:
+    # Ctrl-C, cancellation and SystemExit stop a run without it failing: it resumes.
+    if exc is None:
+        return "completed"
+    return "failed" if isinstance(exc, Exception) else "interrupted"

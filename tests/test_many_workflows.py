@@ -1,0 +1,193 @@
+"""Many workflows at once: shared durable writes, and bounded Postgres connections.
+
+A web app or worker runs hundreds of workflows in one process. Their records share
+writes (group commit across workflows), and the Postgres store uses a fixed number of
+connections however many run, so a server with ``max_connections=100`` serves 8
+processes of 200 workflows each.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from conftest import POSTGRES_DSN, make_store, postgres_schema
+
+import duravoke
+from duravoke._postgres import POOL_SIZE
+
+pytestmark = pytest.mark.anyio
+
+STEPS = 3
+
+
+def define(d: duravoke.Duravoke, calls: list[tuple[str, int]]) -> Any:
+    @d.duravoke(name="many.step")
+    async def step(workflow_id: str, i: int) -> list[object]:
+        calls.append((workflow_id, i))
+        await anyio.lowlevel.checkpoint()
+        return [workflow_id, i]
+
+    return step
+
+
+async def run_many(d: duravoke.Duravoke, count: int, calls: list[tuple[str, int]]) -> None:
+    step = define(d, calls)
+
+    async def one(k: int) -> None:
+        async with d.workflow(f"many-{k}"):
+            for i in range(STEPS):
+                assert await step(f"many-{k}", i) == [f"many-{k}", i]
+
+    async with anyio.create_task_group() as tg:
+        for k in range(count):
+            tg.start_soon(one, k)
+
+
+@pytest.mark.parametrize("kind", ["directory", "kkv"])
+async def test_records_of_many_workflows_share_fsyncs(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    store = make_store(kind, tmp_path)
+    d = duravoke.Duravoke(store)
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    await run_many(d, 200, calls)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    steps = 200 * STEPS
+    assert len(calls) == steps
+    # One fsync per step would be 600 (and each workflow's start and end more): batches
+    # of different workflows share them.
+    assert fsyncs < steps / 4, f"{fsyncs} fsyncs for {steps} steps"
+    fresh = make_store(kind, tmp_path)
+    assert len(fresh.workflow_ids()) == 200
+    for k in (0, 99, 199):
+        state = fresh.read(f"many-{k}")
+        assert state is not None
+        assert state["status"] == "completed"
+        assert len(state["steps"]) == STEPS
+
+
+def _server_sessions(schema_marker: str) -> int:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            [schema_marker],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.skipif(not POSTGRES_DSN, reason="DURAVOKE_TEST_POSTGRES_DSN is not set")
+async def test_a_thousand_workflows_on_a_bounded_number_of_connections(tmp_path: Path) -> None:
+    import psycopg
+
+    marker = f"duravoke-many-{os.getpid()}"
+    # This store's connections carry their own application_name, so the server can count them.
+    dsn = psycopg.conninfo.make_conninfo(POSTGRES_DSN, application_name=marker)
+    store = duravoke.PostgresStore(dsn, schema=postgres_schema(tmp_path))
+    d = duravoke.Duravoke(store)
+    calls: list[tuple[str, int]] = []
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _server_sessions(marker))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        await run_many(d, 1000, calls)
+    finally:
+        done.set()
+        watcher.join()
+    assert len(calls) == 1000 * STEPS
+    assert 1 <= peak <= POOL_SIZE + 1, peak
+    assert len(store.workflow_ids()) == 1000
+    store.close()
+
+
+MANY_PROCESSES = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    import duravoke
+
+    dsn, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    d = duravoke.Duravoke(duravoke.PostgresStore(dsn))
+
+    @d.duravoke(name="many.step")
+    async def step(workflow_id, i):
+        await anyio.sleep(0.001)
+        return [workflow_id, i]
+
+    async def one(k):
+        async with d.workflow(f"{prefix}-{k}"):
+            for i in range(3):
+                await step(f"{prefix}-{k}", i)
+
+    async def main():
+        async with anyio.create_task_group() as tg:
+            for k in range(count):
+                tg.start_soon(one, k)
+
+    anyio.run(main)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not POSTGRES_DSN, reason="DURAVOKE_TEST_POSTGRES_DSN is not set")
+def test_eight_processes_of_200_workflows_fit_the_server(tmp_path: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+    assert row is not None
+    store = make_store("postgres", tmp_path)
+    assert isinstance(store, duravoke.PostgresStore)
+    store.workflow_ids()  # creates the schema once
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MANY_PROCESSES, store.location, f"p{n}", "200"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(8)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert out.strip() == "done"
+    # 8 x 200 workflows needed at most 8 x (POOL_SIZE + 1) connections, well under the
+    # server's limit (100 here), where one connection per workflow needed 1,600.
+    assert int(row[0]) > 8 * (POOL_SIZE + 1)
+    ids = store.workflow_ids()
+    assert len(ids) == 1600
+    for wid in (ids[0], ids[-1]):
+        state = store.read(wid)
+        assert state is not None
+        assert (state["status"], len(state["steps"])) == ("completed", 3)
