@@ -18,6 +18,7 @@ from ._errors import WorkflowError
 from ._identity import CallIdentity, function_name, implicit_workflow_id
 from ._logging import logger
 from ._run import Frame
+from ._typed import ResultCodec, result_codec
 
 __all__ = ["make_durable"]
 
@@ -44,12 +45,14 @@ def make_durable(
     """
     _check_decoratable(fn)
     identity = CallIdentity(fn, name or function_name(fn), key)
+    # Reads the return annotation at the first call, before the body first runs.
+    codec = result_codec(fn, identity.name)
 
     def own_workflow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return open_workflow(_implicit_id(identity, context, args, kwargs))
 
     wrap = _async_wrapper if inspect.iscoroutinefunction(fn) else _sync_wrapper
-    return cast(F, wrap(fn, identity, context, own_workflow))
+    return cast(F, wrap(fn, identity, codec, context, own_workflow))
 
 
 def _check_decoratable(fn: object) -> None:
@@ -64,7 +67,11 @@ def _check_decoratable(fn: object) -> None:
 
 
 def _async_wrapper(
-    fn: Callable[..., Any], identity: CallIdentity, context: Context, own_workflow: Any
+    fn: Callable[..., Any],
+    identity: CallIdentity,
+    codec: ResultCodec,
+    context: Context,
+    own_workflow: Any,
 ) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -72,7 +79,7 @@ def _async_wrapper(
         if frame is None:
             async with own_workflow(args, kwargs):
                 return await async_wrapper(*args, **kwargs)
-        step = frame.run.begin(frame, identity, args, kwargs)
+        step = frame.run.begin(frame, identity, args, kwargs, codec)
         if step.replayed:
             return step.value
         try:
@@ -87,7 +94,11 @@ def _async_wrapper(
 
 
 def _sync_wrapper(
-    fn: Callable[..., Any], identity: CallIdentity, context: Context, own_workflow: Any
+    fn: Callable[..., Any],
+    identity: CallIdentity,
+    codec: ResultCodec,
+    context: Context,
+    own_workflow: Any,
 ) -> Callable[..., Any]:
     @functools.wraps(fn)
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -95,7 +106,7 @@ def _sync_wrapper(
         if frame is None:
             with own_workflow(args, kwargs):
                 return sync_wrapper(*args, **kwargs)
-        step = frame.run.begin(frame, identity, args, kwargs)
+        step = frame.run.begin(frame, identity, args, kwargs, codec)
         if step.replayed:
             return step.value
         try:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import SerializationError
-from ._serializer import JSONSerializer, NamedZoneError, canonical_json
+from ._serializer import JSONSerializer, JSONValue, NamedZoneError, canonical_json
+from ._typed import identity_data
 
 __all__ = [
     "CallIdentity",
@@ -57,9 +58,7 @@ class CallIdentity:
         """
         if self._key is not None:
             try:
-                encoded = _ARGS.encode(
-                    self._call_key(args, kwargs), where="key(...)", canonical=True
-                )
+                encoded = _encode(self._call_key(args, kwargs), "key(...)")
             except SerializationError as exc:
                 raise SerializationError(
                     f"{self.name}(): the value returned by key= cannot identify the call: {exc}",
@@ -81,7 +80,7 @@ class CallIdentity:
                 out[param] = value
                 continue
             try:
-                out[param] = _ARGS.encode(value, where=param, canonical=True)
+                out[param] = _encode(value, param)
             except SerializationError as exc:
                 raise self._bad_argument(param, exc) from None
         return out, canonical_json(out)
@@ -117,6 +116,21 @@ class CallIdentity:
             where=exc.where,
             type_name=exc.type_name,
         )
+
+
+def _encode(value: object, where: str) -> JSONValue:
+    """Canonical JSON data for an argument; dataclasses, enums, models structurally."""
+    try:
+        return _ARGS.encode(value, where=where, canonical=True)
+    except SerializationError as exc:
+        plain_error = exc
+    # Only values JSONSerializer refuses get here, so every identity it gave stays.
+    try:
+        return identity_data(value, where=where)
+    except SerializationError as exc:
+        # The structural walk names the field inside a dataclass; else keep the original.
+        deeper = exc.where is not None and len(exc.where) > len(plain_error.where or "")
+        raise (exc if deeper else plain_error) from None
 
 
 def _hash(*parts: str) -> str:

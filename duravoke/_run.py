@@ -26,6 +26,7 @@ from ._state import Record, State, apply, now_iso
 if TYPE_CHECKING:
     from ._serializer import Serializer
     from ._store import Lease
+    from ._typed import ResultCodec
 
 __all__ = ["Frame", "Run", "Step"]
 
@@ -47,6 +48,7 @@ class Step:
 
     __slots__ = (
         "args",
+        "codec",
         "frame",
         "name",
         "occ",
@@ -59,8 +61,11 @@ class Step:
         "value",
     )
 
-    def __init__(self, run: Run, parent: Frame, name: str, sid: str, occ: int) -> None:
+    def __init__(
+        self, run: Run, parent: Frame, name: str, sid: str, occ: int, *, codec: ResultCodec
+    ) -> None:
         self.run = run
+        self.codec = codec
         self.frame = parent
         self.name = name
         self.sid = sid
@@ -137,9 +142,9 @@ class Step:
         return record
 
     def _outcome(self, result: object) -> tuple[Record, Any, BaseException | None]:
-        serializer = self.run.serializer
         try:
-            encoded = serializer.encode(result, where="result")
+            # The value a replay would return, so the first run and every later one agree.
+            encoded, value = self.codec.record(result, self.run.serializer)
         except SerializationError as exc:
             error: BaseException = SerializationError(
                 f"{self.name}(): {exc}",
@@ -155,8 +160,7 @@ class Step:
             return self._failed(error), None, error
         record = self._record("completed")
         record["result"] = encoded
-        # Return what a replay would return, so the first run and every later one agree.
-        return record, serializer.decode(encoded), None
+        return record, value, None
 
 
 class Run:
@@ -201,22 +205,33 @@ class Run:
         )
 
     def begin(
-        self, frame: Frame, identity: CallIdentity, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        frame: Frame,
+        identity: CallIdentity,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        codec: ResultCodec,
     ) -> Step:
-        """Identify a call and decide: replay it (``step.replayed``) or execute it."""
+        """Identify a call and decide: replay it (``step.replayed``) or execute it.
+
+        Raises:
+            SerializationError: the function's results could not be recorded (its
+                return annotation), or its arguments cannot identify the call.
+        """
+        codec.prepare(self.serializer)
         encoded, args_json = identity.encode(args, kwargs)
         key = call_key(frame.path_key, identity.name, args_json)
         with self.lock:
             occ = self.counters.get(key, 0)
             self.counters[key] = occ + 1
-            step = Step(self, frame, identity.name, f"{key}:{occ}", occ)
+            step = Step(self, frame, identity.name, f"{key}:{occ}", occ, codec=codec)
             recorded = self.steps.get(step.sid)
             if recorded is not None and recorded["status"] == "completed":
                 self._skip_beneath(step.sid)
                 self.replayed += 1
                 step.replayed = True
         if step.replayed:
-            step.value = self._decode(recorded)  # type: ignore[arg-type]
+            step.value = self._decode(recorded, codec)  # type: ignore[arg-type]
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "replayed %s (step %s) in workflow %r",
@@ -241,9 +256,9 @@ class Run:
             self.counters[key] = self.counters.get(key, 0) + 1
             stack.extend(self.children.get(child, ()))
 
-    def _decode(self, record: Record) -> Any:
+    def _decode(self, record: Record, codec: ResultCodec) -> Any:
         try:
-            return self.serializer.decode(record["result"])
+            return codec.decode(record["result"], self.serializer)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptStateError(
                 f"the recorded result of {record.get('fn')}() in workflow {self.workflow_id!r}"

@@ -455,32 +455,42 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_zoneinfo_argument_says_what_it_is_and_what_to_do(d: duravoke.Duravoke) -> None:
+def test_a_zoneinfo_argument_identifies_the_call_with_its_zone(d: duravoke.Duravoke) -> None:
+    # Issue 14 (DESIGN section 12): a zoned datetime is data, identified by its instant
+    # and its zone key, so the same reminder is the same call and another zone is not.
+    calls: list[dt.datetime] = []
+
     @d.duravoke
     def remind(when: dt.datetime) -> str:
+        calls.append(when)
         return "ok"
 
     paris = dt.datetime(2026, 11, 30, 9, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
-    with d.workflow("reminders"), pytest.raises(duravoke.SerializationError) as info:
-        remind(paris)
-    message = str(info.value)
-    assert "datetime with a named zone" in message
-    assert "UTC" in message
-    assert "astimezone" in message
-    assert "key=" in message
-    with d.workflow("reminders-utc"):
-        assert remind(paris.astimezone(dt.timezone.utc)) == "ok"  # the advice works
+    for _ in range(2):
+        with d.workflow("reminders"):
+            assert remind(paris) == "ok"
+            assert remind(paris.astimezone(dt.timezone.utc)) == "ok"
+    assert calls == [paris, paris.astimezone(dt.timezone.utc)]
 
 
 def test_a_zoneinfo_result_says_what_it_is_and_what_to_do(d: duravoke.Duravoke) -> None:
+    paris = dt.datetime(2026, 11, 30, 9, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+
     @d.duravoke
-    def next_slot() -> dt.datetime:
-        return dt.datetime(2026, 11, 30, 9, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+    def next_slot():  # type: ignore[no-untyped-def]  # no annotation: the zone cannot be kept
+        return paris
 
     with d.workflow("slots"), pytest.raises(duravoke.SerializationError) as info:
         next_slot()
     assert "datetime with a named zone" in str(info.value)
     assert "astimezone(datetime.timezone.utc)" in str(info.value)
+
+    @d.duravoke
+    def annotated_slot() -> dt.datetime:  # the annotation keeps the zone (issue 14)
+        return paris
+
+    with d.workflow("slots"):
+        assert annotated_slot().tzinfo is paris.tzinfo
 
 
 class _Greeter:

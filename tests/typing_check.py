@@ -8,6 +8,7 @@ stops reporting it (for instance if it degraded to ``Callable[..., Any]``).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -140,3 +141,29 @@ def unused(*args: Any) -> None:
 
 
 unused(check_sync, check_async, check_workflow_and_errors, check_async_workflow)
+
+
+# -- typed results: the annotation that rebuilds the value is the one callers see --------
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """A typed result."""
+
+    number: int
+
+
+@d.duravoke
+def receipt(number: int) -> Receipt:
+    """Its replays return a Receipt, and the checker knows it."""
+    return Receipt(number)
+
+
+@d.duravoke
+async def areceipt(numbers: list[int]) -> list[Receipt] | None:
+    """Async, nested."""
+    return [Receipt(n) for n in numbers]
+
+
+assert_type(receipt(1), Receipt)
+receipts: Coroutine[Any, Any, list[Receipt] | None] = areceipt([1])
