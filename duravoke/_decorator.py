@@ -17,14 +17,16 @@ from ._context import Context, active_workflows
 from ._errors import WorkflowError
 from ._identity import CallIdentity, function_name, implicit_workflow_id
 from ._logging import logger
+from ._registry import entry_or_none
 from ._run import Frame
 
 __all__ = ["make_durable"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Opens the workflow of the given id (``Duravoke.workflow``), as a sync and async context.
-OpenWorkflow = Callable[[str], Any]
+#: Opens the workflow of the given id as a sync and async context; the second argument
+#: builds the call's entry point, recorded if the workflow has none yet.
+OpenWorkflow = Callable[[str, Callable[[], Any]], Any]
 
 # The thread names of concurrent.futures pools and of asyncio's default executor: threads
 # that run submitted work in a context of their own, without the submitter's workflow.
@@ -53,7 +55,11 @@ def make_durable(
     identity = CallIdentity(fn, name or function_name(fn), key)
 
     def own_workflow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return open_workflow(_implicit_id(identity, context, args, kwargs))
+        # The entry point lets a runner finish the workflow should this process die.
+        return open_workflow(
+            _implicit_id(identity, context, args, kwargs),
+            lambda: entry_or_none(identity.name, fn, args, kwargs),
+        )
 
     if inspect.iscoroutinefunction(fn):
 
@@ -74,6 +80,7 @@ def make_durable(
                 raise
             return await step.acomplete(result)
 
+        async_wrapper._duravoke_identity = identity  # type: ignore[attr-defined]
         return cast(F, async_wrapper)
 
     @functools.wraps(fn)
@@ -93,6 +100,7 @@ def make_durable(
             raise
         return step.complete(result)
 
+    sync_wrapper._duravoke_identity = identity  # type: ignore[attr-defined]
     return cast(F, sync_wrapper)
 
 

@@ -12,19 +12,37 @@ import hashlib
 import json
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import filelock
 import platformdirs
 
 from ._errors import CorruptStateError, StoreError
-from ._files import atomic_write, ensure_folder, read_bytes, remove, remove_leftovers
+from ._files import (
+    atomic_write,
+    ensure_folder,
+    fsync_folder,
+    read_bytes,
+    remove,
+    remove_leftovers,
+)
 from ._identity import check_workflow_id
 from ._journal import Journal
 from ._logging import logger
 from ._snapshot import dump_snapshot, load_snapshot
-from ._state import Record, State, apply, new_state, parse_journal, status_event
+from ._state import (
+    Record,
+    State,
+    _parse_line,
+    apply,
+    new_state,
+    now_iso,
+    parse_journal,
+    status_event,
+)
 from ._store import Durability, Lease, Store, check_durability
 
 __all__ = ["DirectoryStore", "PersistedKKV", "default_folder"]
@@ -101,6 +119,49 @@ class _FileStore(Store):
                 apply(state, record)
         return state, end, torn
 
+    # --- the inbox: <stem>.inbox, one checksummed line per message, appended under
+    # <stem>.inbox.lock (never the workflow's lock, so a running workflow blocks no sender).
+
+    def _inbox_path(self, workflow_id: str) -> Path:
+        return self._folder() / f"{_file_stem(check_workflow_id(workflow_id))}.inbox"
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Append a message line to the workflow's inbox file (fsynced unless "flush")."""
+        path = self._inbox_path(workflow_id)
+        ensure_folder(path.parent)
+        lock = filelock.FileLock(path.with_name(path.name + ".lock"), mode=0o600)
+        with lock:
+            existing = read_bytes(path) or b""
+            seq = 1 + max((s for s, t, _ in _inbox(existing) if t == topic), default=0)
+            body = (f'{{"t":{json.dumps(topic)},"s":{seq},"at":"{now_iso()}","d":{data}}}').encode()
+            line = b"%08x %s\n" % (zlib.crc32(body), body)
+            if existing and not existing.endswith(b"\n"):
+                # A torn line from a sender that was killed: end it, so that it stays a
+                # damaged line of its own (skipped) instead of spoiling this one.
+                line = b"\n" + line
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                if self.durability == "fsync":
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not existing and self.durability == "fsync":
+                fsync_folder(path.parent)
+        return seq
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """Read the inbox file without a lock: a message half-written is not seen yet."""
+        data = read_bytes(self._inbox_path(workflow_id))
+        if not data:
+            return []
+        found = {s: d for s, t, d in _inbox(data) if t == topic and s > after}
+        return sorted(found.items())
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Delete the inbox file (its lock file stays, as lock files do)."""
+        return remove(self._inbox_path(workflow_id))
+
     def _journal_ids(self, folder: Path) -> set[str]:
         ids = set()
         for path in folder.glob("*.journal"):
@@ -111,6 +172,16 @@ class _FileStore(Store):
             except (OSError, ValueError, KeyError, TypeError):
                 logger.warning("skipping unreadable journal %s", path)
         return ids
+
+
+def _inbox(data: bytes) -> list[tuple[int, str, Any]]:
+    """(sequence number, topic, value) of every intact line; damaged lines are skipped."""
+    out = []
+    for line in data.split(b"\n"):
+        record = _parse_line(line) if line else None
+        if record is not None and isinstance(record.get("s"), int) and "t" in record:
+            out.append((record["s"], str(record["t"]), record.get("d")))
+    return out
 
 
 def _header_id(line: bytes) -> str:

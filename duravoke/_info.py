@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
@@ -23,13 +24,26 @@ __all__ = [
     "StepInfo",
     "WorkflowInfo",
     "forget",
+    "forget_many",
     "get_workflow",
     "list_workflows",
     "resolve_store",
     "short_repr",
 ]
 
-Status = Literal["running", "completed", "failed", "interrupted"]
+Status = Literal[
+    "running",
+    "completed",
+    "failed",
+    "interrupted",
+    "pending",
+    "sleeping",
+    "waiting",
+    "cancelled",
+]
+
+#: The statuses read as they are recorded (with the lock free).
+_AS_RECORDED = frozenset({"completed", "failed", "pending", "sleeping", "waiting", "cancelled"})
 
 #: The longest result preview, in characters.
 PREVIEW_LIMIT = 60
@@ -78,9 +92,12 @@ class WorkflowInfo:
     Attributes:
         id: the workflow id.
         status: ``"running"`` (a process or thread holds its lock right now),
-            ``"completed"``, ``"failed"`` (its last run raised; see ``error``) or
+            ``"completed"``, ``"failed"`` (its last run raised; see ``error``),
             ``"interrupted"`` (its last run stopped without finishing: the process
-            died or was killed; run it again to resume).
+            died or was killed; run it again to resume), ``"pending"`` (started,
+            not run yet), ``"sleeping"`` (until ``wake``), ``"waiting"`` (for a
+            message on ``topic``, until ``wake`` if it has a timeout) or
+            ``"cancelled"``.
         steps_done: how many steps completed.
         steps_failed: how many steps raised (they run again next time).
         runs: how many times the workflow was entered.
@@ -88,6 +105,11 @@ class WorkflowInfo:
         updated: when anything was last recorded (UTC), if recorded.
         error: the ``repr`` of the exception that failed the last run, else None.
         steps: every recorded step, in the order they started.
+        wake: when a sleeping workflow wakes, or a waiting one stops waiting; else None.
+        topic: the topic a waiting workflow waits on; else None.
+        attempts: runs started since its last success or suspension (see ``resume``).
+        entry: the registered name of its entry point, if it has one (a runner can
+            resume it); None for a named ``with workflow()`` block.
     """
 
     id: str
@@ -99,6 +121,10 @@ class WorkflowInfo:
     updated: datetime | None
     error: str | None
     steps: tuple[StepInfo, ...]
+    wake: datetime | None = None
+    topic: str | None = None
+    attempts: int = 0
+    entry: str | None = None
 
 
 def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store:
@@ -162,7 +188,7 @@ def get_workflow(
     if lease is not None:
         running = False
         try:
-            if state["status"] not in ("completed", "failed", "interrupted"):
+            if state["status"] not in ("completed", "failed", "interrupted", "cancelled"):
                 # It may have finished since it was read: read it again, now that it
                 # cannot change, before calling it interrupted.
                 state = target.read(workflow_id)
@@ -194,6 +220,46 @@ def forget(workflow_id: str, store: Store | str | os.PathLike[str] | None = None
         ) from None
     except WorkflowNotFoundError:
         raise _not_found(workflow_id, target) from None
+
+
+def forget_many(
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    statuses: Iterable[str] = ("completed",),
+    older_than: timedelta | None = None,
+) -> list[str]:
+    """Forget every workflow with one of ``statuses``, last updated before ``older_than`` ago.
+
+    Retention for a service: ``forget_many(statuses=["completed"],
+    older_than=timedelta(days=30))``. Each is forgotten like :func:`forget` (its state,
+    journal and messages; lock files stay, as deleting a lock file is never safe).
+    Running workflows are left alone.
+
+    Args:
+        store: as for :func:`list_workflows`.
+        statuses: which statuses to forget (as :class:`WorkflowInfo` reports them).
+        older_than: only those not updated for this long; None: any age.
+
+    Returns:
+        The ids forgotten.
+    """
+    wanted = set(statuses)
+    if "running" in wanted:
+        raise ValueError("running workflows cannot be forgotten; stop them first")
+    target = resolve_store(store)
+    cutoff = None if older_than is None else datetime.now(timezone.utc) - older_than
+    forgotten = []
+    for info in list_workflows(target):
+        if info.status not in wanted:
+            continue
+        if cutoff is not None and (info.updated is None or info.updated > cutoff):
+            continue
+        try:
+            target.forget(info.id)
+        except (WorkflowBusyError, WorkflowNotFoundError):
+            continue  # started or forgotten meanwhile
+        forgotten.append(info.id)
+    return forgotten
 
 
 def _not_found(workflow_id: str, store: Store) -> WorkflowNotFoundError:
@@ -258,7 +324,7 @@ def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
     status: Status
     if running:
         status = "running"
-    elif recorded in ("completed", "failed"):
+    elif recorded in _AS_RECORDED:
         status = recorded
     else:  # recorded as running (or never finished starting), yet nobody holds the lock
         status = "interrupted"
@@ -272,4 +338,8 @@ def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
         updated=_time(state.get("updated")),
         error=state.get("error"),
         steps=tuple(steps),
+        wake=_time(state.get("wake")),
+        topic=state.get("topic") if isinstance(state.get("topic"), str) else None,
+        attempts=int(state.get("attempts") or 0),
+        entry=state["entry"].get("name") if isinstance(state.get("entry"), dict) else None,
     )

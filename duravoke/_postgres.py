@@ -6,6 +6,7 @@ on first use::
     meta      (version)                        one row: the layout's version, 1
     workflows (id, state, updated)             a workflow's state without its steps
     steps     (workflow_id, sid, record, seq)  one row per step, in first-written order
+    messages  (id, workflow_id, topic, seq, data, sent)  the inboxes (``send``)
 
 One runner per workflow across machines: a lease holds a session-level advisory lock
 on a connection of its own, which the server also releases when that connection ends,
@@ -70,6 +71,15 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
     seq bigserial NOT NULL,
     PRIMARY KEY (workflow_id, sid)
 );
+CREATE TABLE IF NOT EXISTS {s}.messages (
+    id bigserial PRIMARY KEY,
+    workflow_id text NOT NULL,
+    topic text NOT NULL,
+    seq bigint NOT NULL,
+    data json NOT NULL,
+    sent timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (workflow_id, topic, seq)
+);
 INSERT INTO {s}.meta (version) SELECT {version} WHERE NOT EXISTS (SELECT FROM {s}.meta);
 """
 
@@ -102,6 +112,22 @@ SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM w)
 """
 
 _IDS = "SELECT id FROM {s}.workflows"
+
+# Senders to one workflow and topic queue on a transaction-level advisory lock, so the
+# sequence numbers follow commit order: a receiver never sees 5 before 4 is visible.
+_SEND = """
+INSERT INTO {s}.messages (workflow_id, topic, seq, data)
+SELECT %(id)s, %(topic)s, coalesce(max(seq), 0) + 1, %(data)s::json
+FROM {s}.messages WHERE workflow_id = %(id)s AND topic = %(topic)s
+RETURNING seq
+"""
+
+_MESSAGES = """
+SELECT seq, data FROM {s}.messages
+WHERE workflow_id = %(id)s AND topic = %(topic)s AND seq > %(after)s ORDER BY seq
+"""
+
+_DROP_MESSAGES = "DELETE FROM {s}.messages WHERE workflow_id = %(id)s"
 
 _VERSION = "SELECT version FROM {s}.meta"
 
@@ -278,6 +304,9 @@ class PostgresStore(Store):
         self._save_sql = _SAVE.format(s=s).encode()
         self._forget_sql = _FORGET.format(s=s).encode()
         self._ids_sql = _IDS.format(s=s).encode()
+        self._send_sql = _SEND.format(s=s).encode()
+        self._messages_sql = _MESSAGES.format(s=s).encode()
+        self._drop_messages_sql = _DROP_MESSAGES.format(s=s).encode()
         self._version_sql = _VERSION.format(s=s).encode()
         self._ready = False
         self._pool = _Pool()
@@ -312,6 +341,37 @@ class PostgresStore(Store):
         conn, rows = self._query("list workflows", self._ids_sql)
         self._pool.give(conn)
         return sorted(_py_id(row[0]) for row in rows)
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Insert a message row in its own transaction; never takes the workflow's lock."""
+        key = _lock_key("inbox", self.schema, check_workflow_id(workflow_id), topic)
+        what = f"send a message to workflow {workflow_id!r}"
+        conn = self._pool.take() or self._connect()
+        with _guarded(conn, self, what), conn.transaction():
+            conn.execute(b"SELECT pg_advisory_xact_lock(%s)", [key])
+            row = conn.execute(
+                self._send_sql, {"id": _db_id(workflow_id), "topic": topic, "data": data}
+            ).fetchone()
+        self._pool.give(conn)
+        assert row is not None
+        return int(row[0])
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """The message rows on ``topic`` after ``after``."""
+        what = f"read the messages of workflow {check_workflow_id(workflow_id)!r}"
+        params = {"id": _db_id(workflow_id), "topic": topic, "after": after}
+        conn, rows = self._query(what, self._messages_sql, params)
+        self._pool.give(conn)
+        return [(int(seq), data) for seq, data in rows]
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Delete the workflow's message rows."""
+        what = f"delete the messages of workflow {check_workflow_id(workflow_id)!r}"
+        conn = self._pool.take() or self._connect()
+        with _guarded(conn, self, what):
+            cur = conn.execute(self._drop_messages_sql, {"id": _db_id(workflow_id)})
+        self._pool.give(conn)
+        return cur.rowcount > 0
 
     def close(self) -> None:
         """Close the idle connections kept for reuse (running workflows keep theirs)."""
@@ -357,7 +417,12 @@ class PostgresStore(Store):
     def _setup(self, conn: Connection) -> None:
         with conn.transaction():
             meta = f"{_quote(self.schema)}.meta"
-            row = conn.execute(b"SELECT to_regclass(%s) IS NOT NULL", [meta]).fetchone()
+            messages = f"{_quote(self.schema)}.messages"
+            row = conn.execute(
+                b"SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                [meta, messages],
+            ).fetchone()
+            # Tables made by an older duravoke lack "messages": the CREATEs add just it.
             if row is None or not row[0]:
                 # Serialize concurrent first uses: CREATE ... IF NOT EXISTS alone can race.
                 key = _lock_key("schema", self.schema)

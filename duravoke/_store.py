@@ -12,10 +12,12 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Callable, Sequence
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from ._errors import WorkflowBusyError, WorkflowNotFoundError
-from ._state import Record, State
+from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
+from ._logging import logger
+from ._state import Record, State, decide
 
 __all__ = ["Durability", "Lease", "Store", "check_durability"]
 
@@ -64,8 +66,10 @@ class Lease(abc.ABC):
 class Store(abc.ABC):
     """Where workflows keep their state.
 
-    Subclasses implement :meth:`try_lock`, :meth:`read`, :meth:`workflow_ids` and
-    describe themselves with :attr:`location`.
+    Subclasses implement :meth:`try_lock`, :meth:`read`, :meth:`workflow_ids`,
+    the inbox (:meth:`send`, :meth:`messages`, :meth:`drop_messages`) and describe
+    themselves with :attr:`location`. :meth:`due` has a generic implementation that
+    reads every workflow; a store with an index of due workflows overrides it.
     """
 
     @property
@@ -100,6 +104,7 @@ class Store(abc.ABC):
             )
         try:
             found = lease.forget()
+            found = self.drop_messages(workflow_id) or found
         finally:
             lease.close(None)
         if not found:
@@ -107,6 +112,58 @@ class Store(abc.ABC):
                 f"no workflow {workflow_id!r} in {self.location}; `duravoke list` shows them.",
                 workflow_id=workflow_id,
             )
+
+    def due(self, now: datetime) -> list[str]:
+        """The ids of the workflows a runner should run (or give up on) now.
+
+        Pending ones; interrupted ones (recorded as running: whether their lock is free
+        is for the runner to find out); failed ones with attempts left and their
+        backoff passed; sleeping ones past their wake time; waiting ones whose message
+        arrived or whose timeout passed. See :func:`duravoke._state.decide`.
+
+        This generic version reads every workflow's state; damaged ones are skipped
+        with a warning.
+        """
+        found = []
+        for workflow_id in self.workflow_ids():
+            try:
+                state = self.read(workflow_id)
+            except CorruptStateError as exc:
+                logger.warning("skipping workflow %r: %s", workflow_id, exc)
+                continue
+            if state is not None and decide(state, now, self._has_message(state, workflow_id)):
+                found.append(workflow_id)
+        return found
+
+    def _has_message(self, state: State, workflow_id: str) -> bool:
+        if state["status"] != "waiting" or not isinstance(state.get("topic"), str):
+            return False
+        return bool(self.messages(workflow_id, state["topic"], int(state.get("after") or 0)))
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Add a message to a workflow's inbox, durably, without its lock.
+
+        Args:
+            workflow_id: the receiving workflow; it need not exist yet.
+            topic: the topic it is received under.
+            data: the message's value, already encoded as JSON text.
+
+        Returns:
+            Its sequence number: 1, 2, 3... per workflow and topic, in send order.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot hold messages")
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """The messages on ``topic`` with a sequence number above ``after``, in order.
+
+        Each is (sequence number, decoded JSON). Receiving records which sequence number
+        it took, so the inbox itself never changes on receive.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot hold messages")
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Delete a workflow's inbox; tell whether it had one."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - most stores keep nothing open
         """Release what the store keeps open (connections, files); it can be used again."""

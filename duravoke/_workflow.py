@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,11 @@ from ._context import Context, Entered, active_workflows, current_step
 from ._errors import OutsideStepError, WorkflowBusyError, WorkflowError
 from ._identity import check_workflow_id, idempotency_key_for
 from ._logging import logger
-from ._run import Run
+from ._run import Cancelled, Run
+from ._state import Record, State
+
+#: The inbox topic that asks a running workflow to stop (``duravoke cancel``).
+CANCEL_TOPIC = "duravoke.cancel"
 
 if TYPE_CHECKING:
     from ._serializer import Serializer
@@ -30,6 +35,13 @@ class Workflow:
         context: the run context of the instance whose functions record into this run.
         workflow_id: the workflow's id.
         timeout: how long to wait for the lock, in seconds (None: forever).
+        entry: builds the entry point to record, if the workflow has none yet (a
+            decorated call that opens its own workflow; see ``_registry``).
+        started: fields added to the run's ``running`` event (a runner's retry policy).
+        admit: called with the loaded state under the lock; raises to refuse the run
+            (a runner checks that the workflow is still due).
+        suspend_after: under a runner, a wait longer than this many seconds suspends the
+            run instead of blocking.
     """
 
     def __init__(
@@ -39,8 +51,17 @@ class Workflow:
         context: Context,
         workflow_id: str,
         timeout: float | None,
+        *,
+        entry: Callable[[], Record | None] | None = None,
+        started: Record | None = None,
+        admit: Callable[[State], None] | None = None,
+        suspend_after: float | None = None,
     ) -> None:
+        self._suspend_after = suspend_after
         self.workflow_id = check_workflow_id(workflow_id)
+        self._entry = entry
+        self._started = started
+        self._admit = admit
         self.timeout = timeout
         self._store = store
         self._serializer = serializer
@@ -66,14 +87,25 @@ class Workflow:
         return key
 
     def _open(self, lease: Lease) -> Run:
+        store, workflow_id = self._store, self.workflow_id
         try:
+            state = lease.load()
+            if self._admit is not None:
+                self._admit(state)
+            if state["status"] == "cancelled":
+                raise Cancelled(workflow_id)
             return Run(
-                self.workflow_id,
+                workflow_id,
                 lease,
-                lease.load(),
+                state,
                 serializer=self._serializer,
-                location=self._store.location,
+                location=store.location,
                 context=self._context,
+                entry=self._entry,
+                started=self._started,
+                cancel_requested=lambda: _cancel_requested(store, workflow_id),
+                store=store,
+                suspend_after=self._suspend_after,
             )
         except BaseException:
             lease.close(None)
@@ -153,6 +185,13 @@ class Workflow:
                     self.workflow_id,
                 )
             delay = min(delay * 2, 0.05)
+
+
+def _cancel_requested(store: Store, workflow_id: str) -> bool:
+    try:
+        return bool(store.messages(workflow_id, CANCEL_TOPIC, 0))
+    except NotImplementedError:  # a store without an inbox cannot be cancelled remotely
+        return False
 
 
 def idempotency_key() -> str:
