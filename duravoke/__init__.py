@@ -23,6 +23,7 @@ from ._errors import OutsideStepError as OutsideStepError
 from ._errors import SerializationError as SerializationError
 from ._errors import StoreError as StoreError
 from ._errors import WorkflowBusyError as WorkflowBusyError
+from ._errors import WorkflowCancelledError as WorkflowCancelledError
 from ._errors import WorkflowError as WorkflowError
 from ._errors import WorkflowNotFoundError as WorkflowNotFoundError
 from ._executor import ThreadPoolExecutor as ThreadPoolExecutor
@@ -83,6 +84,7 @@ __all__ = [
     "ThreadPoolExecutor",
     "Workflow",
     "WorkflowBusyError",
+    "WorkflowCancelledError",
     "WorkflowError",
     "WorkflowInfo",
     "WorkflowNotFoundError",

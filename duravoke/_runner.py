@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from ._errors import (
     WorkflowBusyError,
+    WorkflowCancelledError,
     WorkflowError,
     WorkflowNotFoundError,
     error_repr,
@@ -352,6 +353,8 @@ async def _run_one(store: Store, workflow_id: str, options: _Options) -> Outcome
         return Outcome(workflow_id, "skipped", _HELD)
     except _NotDue:
         return None
+    except WorkflowCancelledError:
+        return Outcome(workflow_id, "cancelled")
     except Exception as exc:
         signal = find_signal(exc)
         if signal is None:

@@ -10,10 +10,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._context import Context, Entered, active_workflows, current_step
-from ._errors import OutsideStepError, WorkflowBusyError, WorkflowError
+from ._errors import (
+    OutsideStepError,
+    WorkflowBusyError,
+    WorkflowCancelledError,
+    WorkflowError,
+)
 from ._identity import check_workflow_id, idempotency_key_for
 from ._logging import logger
-from ._run import Cancelled, Run
+from ._run import Cancelled, Run, find_signal
 from ._state import Record, State
 
 #: The inbox topic that asks a running workflow to stop (``duravoke cancel``).
@@ -93,7 +98,7 @@ class Workflow:
             if self._admit is not None:
                 self._admit(state)
             if state["status"] == "cancelled":
-                raise Cancelled(workflow_id)
+                raise _cancelled(workflow_id)
             return Run(
                 workflow_id,
                 lease,
@@ -139,6 +144,7 @@ class Workflow:
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._exit().finish(exc)
+        _raise_if_cancelled(exc)
 
     async def __aenter__(self) -> Workflow:
         key = self._check()
@@ -161,6 +167,7 @@ class Workflow:
         # Even when cancelled, the run must be closed and its lock released.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(run.finish, exc)
+        _raise_if_cancelled(exc)
 
     def _waits(self) -> Any:
         # Polling with a growing delay: file locks cannot be awaited, and polling is
@@ -185,6 +192,22 @@ class Workflow:
                     self.workflow_id,
                 )
             delay = min(delay * 2, 0.05)
+
+
+def _cancelled(workflow_id: str) -> WorkflowCancelledError:
+    return WorkflowCancelledError(
+        f"workflow {workflow_id!r} was cancelled (`duravoke cancel`): it does not run again."
+        " Forget it (`duravoke forget`) to start it afresh.",
+        workflow_id=workflow_id,
+    )
+
+
+def _raise_if_cancelled(exc: BaseException | None) -> None:
+    # Inside the run, cancellation is a BaseException, so that the user's `except
+    # Exception` cannot swallow it; the caller of the workflow gets an ordinary error.
+    if isinstance(find_signal(exc), Cancelled):
+        assert exc is not None
+        raise _cancelled(getattr(find_signal(exc), "workflow_id", "?")) from exc
 
 
 def _cancel_requested(store: Store, workflow_id: str) -> bool:
