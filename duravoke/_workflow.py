@@ -99,7 +99,7 @@ class Workflow:
                 self._admit(state)
             if state["status"] == "cancelled":
                 raise _cancelled(workflow_id)
-            return Run(
+            run = Run(
                 workflow_id,
                 lease,
                 state,
@@ -112,6 +112,12 @@ class Workflow:
                 store=store,
                 suspend_after=self._suspend_after,
             )
+            if self._started is not None:
+                # A runner's attempt counts when it starts: a run that kills its process
+                # before recording anything must still use up an attempt.
+                run.lease.append(run.pending)
+                run.pending = []
+            return run
         except BaseException:
             lease.close(None)
             raise
