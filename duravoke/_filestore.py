@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,11 +132,11 @@ class _FileStore(Store):
         ensure_folder(path.parent)
         lock = filelock.FileLock(path.with_name(path.name + ".lock"), mode=0o600)
         with lock:
-            existing = read_bytes(path) or b""
-            seq = 1 + max((s for s, t, _ in _inbox(existing) if t == topic), default=0)
+            last, messages = _INBOXES.read(path)
+            seq = 1 + max((s for s, t, _ in messages if t == topic), default=0)
             body = (f'{{"t":{json.dumps(topic)},"s":{seq},"at":"{now_iso()}","d":{data}}}').encode()
             line = b"%08x %s\n" % (zlib.crc32(body), body)
-            if existing and not existing.endswith(b"\n"):
+            if last not in (b"", b"\n"):
                 # A torn line from a sender that was killed: end it, so that it stays a
                 # damaged line of its own (skipped) instead of spoiling this one.
                 line = b"\n" + line
@@ -146,16 +147,14 @@ class _FileStore(Store):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            if not existing and self.durability == "fsync":
+            if not last and self.durability == "fsync":
                 fsync_folder(path.parent)
         return seq
 
     def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
         """Read the inbox file without a lock: a message half-written is not seen yet."""
-        data = read_bytes(self._inbox_path(workflow_id))
-        if not data:
-            return []
-        found = {s: d for s, t, d in _inbox(data) if t == topic and s > after}
+        _, messages = _INBOXES.read(self._inbox_path(workflow_id))
+        found = {s: d for s, t, d in messages if t == topic and s > after}
         return sorted(found.items())
 
     def drop_messages(self, workflow_id: str) -> bool:
@@ -172,6 +171,54 @@ class _FileStore(Store):
             except (OSError, ValueError, KeyError, TypeError):
                 logger.warning("skipping unreadable journal %s", path)
         return ids
+
+
+class _InboxCache:
+    """The parsed lines of inbox files, so that a read parses only what was appended since.
+
+    Inbox files only grow, by whole lines (a torn one is ended by the next sender),
+    until forget() deletes them. A cached file is known by its inode and its first
+    line (inodes are reused), and read afresh when either differs.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._files: dict[Path, tuple[int, bytes, int, bytes, list[tuple[int, str, Any]]]] = {}
+
+    def read(self, path: Path) -> tuple[bytes, list[tuple[int, str, Any]]]:
+        """(the file's last byte, b"" if empty or missing; every intact message in it)."""
+        try:
+            with path.open("rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                with self._guard:
+                    cached = self._files.get(path)
+                head = b""
+                if cached is not None and cached[0] == inode:
+                    _, head, end, last, messages = cached
+                    if f.read(len(head)) == head:
+                        f.seek(end)
+                        data = f.read()
+                    else:
+                        cached = None
+                if cached is None or cached[0] != inode:
+                    f.seek(0)
+                    end, last, messages, data = 0, b"", [], f.read()
+                    head = data[: data.find(b"\n") + 1]
+        except FileNotFoundError:
+            with self._guard:
+                self._files.pop(path, None)
+            return b"", []
+        whole = data.rfind(b"\n") + 1  # a line still being written is read next time
+        if whole:
+            messages = messages + _inbox(data[:whole])
+            last = data[whole - 1 : whole]
+        if head:
+            with self._guard:
+                self._files[path] = (inode, head, end + whole, last, messages)
+        return (data[-1:] if data else last), messages
+
+
+_INBOXES = _InboxCache()
 
 
 def _inbox(data: bytes) -> list[tuple[int, str, Any]]:

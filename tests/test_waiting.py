@@ -386,3 +386,22 @@ def test_forget_deletes_a_workflows_messages(w: None) -> None:
         note(1)
     duravoke.forget("gone", D.store)
     assert D.store.messages("gone", "t", 0) == []
+
+
+def test_a_torn_inbox_line_is_dropped_and_later_messages_are_kept(tmp_path: Path) -> None:
+    for store in (
+        duravoke.DirectoryStore(tmp_path / "dir"),
+        duravoke.PersistedKKV(tmp_path / "kkv.json"),
+    ):
+        store.send("torn", "t", '"one"')
+        [inbox] = [p for p in Path(store._folder()).iterdir() if p.suffix == ".inbox"]  # type: ignore[attr-defined]
+        with inbox.open("ab") as f:
+            f.write(b'0badc0de {"t":"t","s":2,"d":"half')  # a sender killed mid-line
+        assert store.messages("torn", "t", 0) == [(1, "one")]
+        assert store.send("torn", "t", '"two"') == 2
+        assert store.messages("torn", "t", 0) == [(1, "one"), (2, "two")]
+        assert store.messages("torn", "t", 1) == [(2, "two")]
+        store.forget("torn")  # the inbox goes, and a new one starts at 1
+        assert store.messages("torn", "t", 0) == []
+        assert store.send("torn", "t", '"three"') == 1
+        assert store.messages("torn", "t", 0) == [(1, "three")]
