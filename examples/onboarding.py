@@ -25,8 +25,8 @@ import sys
 
 import duravoke
 
-CONFIRM_WITHIN = float(os.environ.get("ONBOARDING_CONFIRM_SECONDS", 24 * 3600))
-TIPS_AFTER = float(os.environ.get("ONBOARDING_TIPS_SECONDS", 3 * 24 * 3600))
+CONFIRM_WITHIN = float(os.environ.get("ONBOARDING_CONFIRM_SECONDS", "86400"))  # a day
+TIPS_AFTER = float(os.environ.get("ONBOARDING_TIPS_SECONDS", "259200"))  # three days
 
 
 @duravoke.duravoke(name="onboarding.send_email")

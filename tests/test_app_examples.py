@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import finished
 
 import duravoke
-from conftest import finished
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -140,7 +140,7 @@ def test_fastapi_signups_finish_after_the_server_is_killed(
         def up() -> bool:
             assert proc.poll() is None, proc.communicate()[1]
             try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+                return bool(httpx.get(f"{base}/health", timeout=1).status_code == 200)
             except httpx.TransportError:
                 return False
 

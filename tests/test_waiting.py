@@ -9,17 +9,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from conftest import close_store, finished
 
 import duravoke
 from duravoke._run import Step
-from conftest import close_store, finished
 
 ROOT = Path(__file__).resolve().parent.parent
 WAITER = Path(__file__).resolve().parent / "procs" / "waiter.py"
@@ -29,11 +28,10 @@ SEEN: list[Any] = []
 
 
 @pytest.fixture
-def w(store: duravoke.Store) -> Iterator[None]:
+def w(store: duravoke.Store) -> None:
     """The workflows of this module record into ``store`` (every kind in turn)."""
     D.store = store
     SEEN.clear()
-    yield
 
 
 @D.duravoke(name="wt.note")
@@ -84,7 +82,12 @@ def test_sleep_records_its_wake_time_and_a_rerun_does_not_sleep_again(
 ) -> None:
     slept: list[float] = []
     real_sleep = time.sleep
-    monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+
+    def counting_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", counting_sleep)
     assert nap(0.2) == "rested"
     assert len(slept) == 1
     assert 0 < slept[0] <= 0.2
@@ -121,7 +124,7 @@ def test_messages_arrive_in_send_order_each_once_even_before_the_workflow_exists
     assert body() == expected  # a re-run receives the same values, None included
     D.send("inbox-1", "t", "late")
     with D.workflow("inbox-1"):
-        assert [D.receive("t") for _ in range(3)][0] == "a"
+        assert next(D.receive("t") for _ in range(3)) == "a"
         assert D.receive("t", timeout=0.05) is None  # recorded: the timeout stays
         assert D.receive("t", timeout=5) == "late"  # the next receive gets the next one
 
@@ -229,8 +232,7 @@ def test_8_processes_send_100_messages_each_while_the_workflow_runs(
     def receiver() -> None:
         with d.workflow("many"):  # holds the lock the whole time: senders never need it
             ready.set()
-            for _ in range(800):
-                received.append(d.receive("t", timeout=60))
+            received.extend(d.receive("t", timeout=60) for _ in range(800))
 
     thread = threading.Thread(target=receiver)
     thread.start()
@@ -330,8 +332,10 @@ def test_cli_list_and_show_say_what_a_workflow_waits_for(w: None, tmp_path: Path
         )
 
     listing = cli("list", "--wide").stdout
-    assert "sleeping" in listing and "until" in listing
-    assert "waiting" in listing and "for 'confirmed'" in listing
+    assert "sleeping" in listing
+    assert "until" in listing
+    assert "waiting" in listing
+    assert "for 'confirmed'" in listing
     assert "waiting for 'confirmed' until" in cli("show", waiting).stdout
     assert "sleeping until" in cli("show", sleeping).stdout
     assert cli("send", waiting, "confirmed", '{"ok": 1}').returncode == 0
@@ -394,7 +398,7 @@ def test_a_torn_inbox_line_is_dropped_and_later_messages_are_kept(tmp_path: Path
         duravoke.PersistedKKV(tmp_path / "kkv.json"),
     ):
         store.send("torn", "t", '"one"')
-        [inbox] = [p for p in Path(store._folder()).iterdir() if p.suffix == ".inbox"]  # type: ignore[attr-defined]
+        [inbox] = [p for p in Path(store._folder()).iterdir() if p.suffix == ".inbox"]
         with inbox.open("ab") as f:
             f.write(b'0badc0de {"t":"t","s":2,"d":"half')  # a sender killed mid-line
         assert store.messages("torn", "t", 0) == [(1, "one")]

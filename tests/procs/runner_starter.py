@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import duravoke
 import runner_jobs
+
+import duravoke
 
 
 def main() -> int:
