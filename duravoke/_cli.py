@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --status: only those not updated for AGE (e.g. 30d, 12h, 15m, 90s)",
     )
     cmd.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    cmd.set_defaults(command=_forget)
+    cmd.set_defaults(command=_forget, parser=cmd)
 
     cmd = commands.add_parser(
         "resume",
@@ -265,17 +265,15 @@ def _age(text: str) -> timedelta:
 
 
 def _forget(args: argparse.Namespace) -> int:
+    usage: argparse.ArgumentParser = args.parser
     if args.status:
         if args.id is not None:
-            _error("give a workflow id or --status, not both")
-            return 2
+            usage.error("give a workflow id or --status, not both")
         return _forget_many(args)
     if args.id is None:
-        _error("give a workflow id, or --status (with --older-than) to forget many")
-        return 2
+        usage.error("give a workflow id, or --status (with --older-than) to forget many")
     if args.older_than is not None:
-        _error("--older-than goes with --status")
-        return 2
+        usage.error("--older-than goes with --status")
     store = _store(args)
     workflow_id: str = args.id
     name = short_repr(workflow_id)
