@@ -524,3 +524,19 @@ def test_cli_resume_usage_errors(tmp_path: Path) -> None:
     assert _cli(env, "cancel", "--store", str(tmp_path / "store"), "nope").returncode == 1
     assert _cli(env, "forget", "--older-than", "3d").returncode == 2
     assert _cli(env, "forget", "--status", "completed", "--older-than", "x").returncode == 2
+
+
+def test_cli_forget_by_status_and_age(tmp_path: Path) -> None:
+    spec = str(tmp_path / "store")
+    env = _env(spec, tmp_path / "log")
+    out, _ = finished(_starter(env, "3"))
+    ids = out.splitlines()[:-1]
+    assert _resume(env, spec).returncode == 0
+    assert _cli(env, "cancel", "--store", spec, ids[0]).returncode == 1  # completed already
+    result = _cli(
+        env, "forget", "--store", spec, "--status", "completed", "--older-than", "1d", "--yes"
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "Forgot 0 workflows.")
+    result = _cli(env, "forget", "--store", spec, "--status", "completed", "--yes")
+    assert (result.returncode, result.stdout.strip()) == (0, "Forgot 3 workflows.")
+    assert _statuses(spec) == Counter()
