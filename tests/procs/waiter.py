@@ -1,7 +1,7 @@
 """Workflows that wait, in a process of their own (tests/test_waiting.py).
 
     python waiter.py sleep MODE SPEC LOG DELAY      MODE: sync, asyncio or trio
-    python waiter.py send SPEC WORKFLOW_ID TOPIC SENDER COUNT
+    python waiter.py send SPEC WORKFLOW_ID TOPIC SENDER COUNT [DURABILITY]
 
 ``sleep``: workflow "sleeper": a step, a durable sleep of DELAY seconds, a step; each
 step appends "<name> <time.time()>" to LOG. ``send``: COUNT messages [SENDER, i].
@@ -21,8 +21,9 @@ import duravoke
 def main() -> int:
     command = sys.argv[1]
     if command == "send":
-        spec, workflow_id, topic, sender, count = sys.argv[2:]
-        d = duravoke.Duravoke(duravoke.open_store(spec))
+        spec, workflow_id, topic, sender, count = sys.argv[2:7]
+        durability = sys.argv[7] if len(sys.argv) > 7 else "fsync"
+        d = duravoke.Duravoke(duravoke.open_store(spec, durability=durability))  # type: ignore[arg-type]
         for i in range(int(count)):
             d.send(workflow_id, topic, [int(sender), i])
         return 0
