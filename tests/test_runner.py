@@ -412,6 +412,10 @@ def test_two_runner_processes_race_and_each_step_runs_once(
                 "--import",
                 "runner_jobs",
                 "--json",
+                # Each workflow a runner runs holds a Postgres connection (its lock): keep
+                # the server, shared with other test sessions, below its connection limit.
+                "--concurrency",
+                "4",
             ],
             env=env,
             stdout=subprocess.PIPE,
