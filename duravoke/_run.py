@@ -262,6 +262,7 @@ class Run:
                 event["entry"] = point
         self._cancel_requested = cancel_requested
         self._cancel_checked = -CANCEL_CHECK_INTERVAL
+        self._cancel_seen = False
         apply(state, event)
         self.pending: list[Record] = [event]
         self.root = Frame(self, (), "", None)
@@ -273,9 +274,19 @@ class Run:
         )
 
     def begin(
-        self, frame: Frame, identity: CallIdentity, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        frame: Frame,
+        identity: CallIdentity,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        on_loop: bool = False,
     ) -> Step:
-        """Identify a call and decide: replay it (``step.replayed``) or execute it."""
+        """Identify a call and decide: replay it (``step.replayed``) or execute it.
+
+        ``on_loop``: called on an event loop, which must not wait for the store (the
+        look for a cancellation is then made by :meth:`arecord`, in a worker thread).
+        """
         encoded, args_json = identity.encode(args, kwargs)
         key = call_key(frame.path_key, identity.name, args_json)
         with self.lock:
@@ -297,24 +308,36 @@ class Run:
                     self.workflow_id,
                 )
             return step
-        self.check_cancelled()
+        if self._cancel_seen or (not on_loop and self.poll_cancel()):
+            raise Cancelled(self.workflow_id)
         if len(args_json) <= ARGS_PREVIEW_LIMIT:
             step.args = encoded
         step.started = now_iso()
         step.t0 = time.perf_counter()
         return step
 
-    def check_cancelled(self) -> None:
-        """Raise :class:`Cancelled` if a cancellation was requested (looked up at most
-        every :data:`CANCEL_CHECK_INTERVAL` seconds, and only before a step executes)."""
-        if self._cancel_requested is None:
-            return
+    def cancel_poll_due(self) -> bool:
+        """Whether :meth:`poll_cancel` would look in the store now (async callers then
+        call it in a worker thread)."""
+        return (
+            self._cancel_requested is not None
+            and not self._cancel_seen
+            and time.monotonic() - self._cancel_checked >= CANCEL_CHECK_INTERVAL
+        )
+
+    def poll_cancel(self) -> bool:
+        """Whether a cancellation was requested (``duravoke cancel``).
+
+        Looks in the store at most every :data:`CANCEL_CHECK_INTERVAL` seconds (it may
+        wait for the store: never call it on an event loop) and remembers a yes.
+        """
+        if self._cancel_requested is None or self._cancel_seen:
+            return self._cancel_seen
         now = time.monotonic()
-        if now - self._cancel_checked < CANCEL_CHECK_INTERVAL:
-            return
-        self._cancel_checked = now
-        if self._cancel_requested():
-            raise Cancelled(self.workflow_id)
+        if now - self._cancel_checked >= CANCEL_CHECK_INTERVAL:
+            self._cancel_checked = now
+            self._cancel_seen = self._cancel_requested()
+        return self._cancel_seen
 
     def _skip_beneath(self, sid: str) -> None:
         # The body of a replayed step is skipped, but an uninterrupted run would have
@@ -367,9 +390,16 @@ class Run:
         # one write and one fsync serve every task that queued meanwhile (group commit).
         durable = self.lease.enqueue(self._stage(record))
         if self.lease.blocking:
-            await anyio.to_thread.run_sync(durable)
+            await anyio.to_thread.run_sync(self._durable_then_poll, durable)
         else:
             durable()
+            self.poll_cancel()
+
+    def _durable_then_poll(self, durable: Callable[[], None]) -> None:
+        # In the worker thread, off the event loop: the look for a cancellation that the
+        # next begin() (on the loop) reads from the flag it sets.
+        durable()
+        self.poll_cancel()
 
     def finish(self, exc: BaseException | None) -> None:
         """Record how the run ended and release the lock.

@@ -158,9 +158,11 @@ def _epoch(iso: str) -> float:
 # --- sleep ----------------------------------------------------------------------------
 
 
-def _sleep_step(frame: Frame, delay: float) -> tuple[Step, float, dict[str, Any] | None]:
+def _sleep_step(
+    frame: Frame, delay: float, on_loop: bool
+) -> tuple[Step, float, dict[str, Any] | None]:
     """(the step, its wake time as an epoch, the record to write first or None)."""
-    step = frame.run.begin(frame, _SLEEP_ID, (), {})
+    step = frame.run.begin(frame, _SLEEP_ID, (), {}, on_loop=on_loop)
     if step.replayed:
         return step, 0.0, None
     recorded = frame.run.steps.get(step.sid)
@@ -184,7 +186,7 @@ def sleep(delay: float | timedelta, *, context: Context | None = None) -> None:
     """Durable sleep inside a workflow; see :func:`duravoke.sleep`."""
     value = seconds(delay)
     frame = _frame(context, "sleep")
-    step, wake, first = _sleep_step(frame, value)
+    step, wake, first = _sleep_step(frame, value, False)
     if step.replayed:
         return
     if first is not None:
@@ -200,7 +202,7 @@ async def sleep_async(delay: float | timedelta, *, context: Context | None = Non
     """Durable sleep inside a workflow, for async code; see :func:`duravoke.sleep_async`."""
     value = seconds(delay)
     frame = _frame(context, "sleep_async")
-    step, wake, first = _sleep_step(frame, value)
+    step, wake, first = _sleep_step(frame, value, True)
     if step.replayed:
         return
     if first is not None:
@@ -218,10 +220,10 @@ async def sleep_async(delay: float | timedelta, *, context: Context | None = Non
 class _Receive:
     """One receive in progress: its step, deadline and the inbox it polls."""
 
-    def __init__(self, frame: Frame, topic: str, timeout: float | None) -> None:
+    def __init__(self, frame: Frame, topic: str, timeout: float | None, on_loop: bool) -> None:
         self.run = run = frame.run
         self.topic = topic
-        self.step = step = run.begin(frame, _RECEIVE_ID, (topic,), {})
+        self.step = step = run.begin(frame, _RECEIVE_ID, (topic,), {}, on_loop=on_loop)
         self.first: dict[str, Any] | None = None
         self.deadline: float | None = None
         if step.replayed:
@@ -289,7 +291,7 @@ def receive(
     """Durable receive inside a workflow; see :func:`duravoke.receive`."""
     check_topic(topic)
     limit = None if timeout is None else seconds(timeout)
-    wait = _Receive(_frame(context, "receive"), topic, limit)
+    wait = _Receive(_frame(context, "receive"), topic, limit, False)
     if wait.step.replayed:
         return wait.step.value
     done, value = wait.poll()
@@ -310,7 +312,7 @@ async def receive_async(
     """Durable receive inside a workflow, for async code; see :func:`duravoke.receive_async`."""
     check_topic(topic)
     limit = None if timeout is None else seconds(timeout)
-    wait = _Receive(_frame(context, "receive_async"), topic, limit)
+    wait = _Receive(_frame(context, "receive_async"), topic, limit, True)
     if wait.step.replayed:
         return wait.step.value
     done, value = await anyio.to_thread.run_sync(wait.poll)

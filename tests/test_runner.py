@@ -242,6 +242,40 @@ def test_cancel_a_pending_workflow_and_a_running_one(rt: None) -> None:
         duravoke.cancel("no-such-workflow", D.store)
 
 
+@D.duravoke(name="rt.astep")
+async def astep(n: int) -> int:
+    CALLS[f"astep {n}"] += 1
+    return n
+
+
+@D.duravoke(name="rt.agated")
+async def agated(n: int) -> int:
+    await astep(n)
+    with anyio.fail_after(20):
+        while not GATE.is_set():  # noqa: ASYNC110 - a threading.Event, set by the test
+            await anyio.sleep(0.01)
+    return await astep(n + 100)
+
+
+async def test_cancel_a_running_async_workflow(rt: None, anyio_backend: str) -> None:
+    workflow_id = await duravoke.start_async(agated, 1)
+    async with duravoke.Runner(D.store, poll_interval=0.05) as runner:
+        with anyio.fail_after(20):
+            while not CALLS["astep 1"]:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert await anyio.to_thread.run_sync(duravoke.cancel, workflow_id, D.store) == (
+            "requested"
+        )
+        await anyio.sleep(0.6)  # the run looks for a cancellation at most every 0.5 s
+        GATE.set()
+        with anyio.fail_after(20):
+            while not runner.report.outcomes:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    assert [o.status for o in runner.report.outcomes] == ["cancelled"]
+    assert _status(workflow_id) == "cancelled"
+    assert "astep 101" not in CALLS  # it stopped before its next step
+
+
 def test_forget_many_by_status_and_age(rt: None) -> None:
     done = [duravoke.start(pipeline, n) for n in range(3)]
     waiting = duravoke.start(pipeline, 99)
