@@ -284,8 +284,9 @@ class Run:
     ) -> Step:
         """Identify a call and decide: replay it (``step.replayed``) or execute it.
 
-        ``on_loop``: called on an event loop, which must not wait for the store (the
-        look for a cancellation is then made by :meth:`arecord`, in a worker thread).
+        ``on_loop``: called on an event loop, which must not wait for the store: the
+        look for a cancellation is then made by the caller (and by :meth:`arecord`) in
+        a worker thread, with :meth:`poll_cancel`; here only its answer is read.
         """
         encoded, args_json = identity.encode(args, kwargs)
         key = call_key(frame.path_key, identity.name, args_json)
