@@ -1,21 +1,26 @@
-"""The ``duravoke`` command: list, show, forget and locate recorded workflows, or serve a page.
+"""The ``duravoke`` command: list, show, forget and locate recorded workflows; resume,
+retry, cancel and send messages to them; serve a page to look at them (``ui``).
 
 Exit status: 0 on success, 1 when a workflow is not found, running, or damaged (or the
-store cannot be read), 2 for a usage error. Errors are one line on stderr.
+store cannot be read), 2 for a usage error. ``resume``: 0 when everything due completed
+or went back to waiting, 1 when some failed or could not be run. Errors are one line on
+stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import unicodedata
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ._errors import DuravokeError, WorkflowNotFoundError
@@ -23,6 +28,7 @@ from ._info import (
     StepInfo,
     WorkflowInfo,
     forget,
+    forget_many,
     get_workflow,
     list_workflows,
     resolve_store,
@@ -102,11 +108,79 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(command=_show)
 
     cmd = commands.add_parser(
-        "forget", parents=[common], help="delete a workflow's state, so it starts afresh"
+        "forget",
+        parents=[common],
+        help="delete a workflow's state (or many, by status and age), so it starts afresh",
+    )
+    cmd.add_argument("id", nargs="?", help=_ID_HELP + " (or use --status)")
+    cmd.add_argument(
+        "--status",
+        action="append",
+        choices=[
+            "completed",
+            "failed",
+            "cancelled",
+            "interrupted",
+            "pending",
+            "sleeping",
+            "waiting",
+        ],
+        help="forget every workflow with this status (repeatable)",
+    )
+    cmd.add_argument(
+        "--older-than",
+        metavar="AGE",
+        type=_age,
+        help="with --status: only those not updated for AGE (e.g. 30d, 12h, 15m, 90s)",
+    )
+    cmd.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    cmd.set_defaults(command=_forget, parser=cmd)
+
+    cmd = commands.add_parser(
+        "resume",
+        parents=[common],
+        help="run every due workflow once (for cron): pending, interrupted, waking",
+    )
+    cmd.add_argument(
+        "--import",
+        dest="imports",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="import MODULE first, so its decorated functions can be resumed (repeatable)",
+    )
+    cmd.add_argument("--concurrency", type=int, default=8, help="workflows at once (8)")
+    cmd.add_argument(
+        "--max-attempts", type=int, default=5, help="runs before a workflow stays failed (5)"
+    )
+    cmd.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the second retry of a failed run, doubling after (1.0)",
+    )
+    cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    cmd.set_defaults(command=_resume)
+
+    cmd = commands.add_parser(
+        "retry", parents=[common], help="make a failed workflow due again (attempts reset)"
     )
     cmd.add_argument("id", help=_ID_HELP)
-    cmd.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    cmd.set_defaults(command=_forget)
+    cmd.set_defaults(command=_retry)
+
+    cmd = commands.add_parser(
+        "cancel", parents=[common], help="cancel a workflow: it never runs again"
+    )
+    cmd.add_argument("id", help=_ID_HELP)
+    cmd.set_defaults(command=_cancel)
+
+    cmd = commands.add_parser(
+        "send", parents=[common], help="send a message (a JSON value) to a workflow"
+    )
+    cmd.add_argument("id", help="the workflow id, in full (the workflow need not exist yet)")
+    cmd.add_argument("topic", help="the topic it receives the message on")
+    cmd.add_argument("value", help="the value, as JSON (e.g. '{\"ok\": true}' or '42')")
+    cmd.set_defaults(command=_send)
 
     cmd = commands.add_parser("where", parents=[common], help="print where the store is")
     cmd.set_defaults(command=_where)
@@ -164,9 +238,10 @@ def _list(args: argparse.Namespace) -> int:
         started, updated = _when(info.started, now), _when(info.updated, now)
         if info.status == "corrupt":  # where to look: the damaged file
             started, updated = "-", _safe(info.path or "")
-        print(
-            _row(_shorten(text, id_width), id_width, info.status, info.steps_done, started, updated)
+        row = _row(
+            _shorten(text, id_width), id_width, info.status, info.steps_done, started, updated
         )
+        print(f"{row}  {_waiting_note(info, now)}".rstrip())
     return 0
 
 
@@ -242,7 +317,14 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     now = datetime.now().astimezone()
     print(f"workflow  {_safe(info.id)}")
-    print(f"status    {info.status}" + (f": {_safe(info.error)}" if info.error else ""))
+    note = _waiting_note(info, now, full=True)
+    print(
+        f"status    {info.status}"
+        + (f" {note}" if note else "")
+        + (f": {_safe(info.error)}" if info.error else "")
+    )
+    if info.entry is not None:
+        print(f"entry     {_safe(info.entry)} (attempts: {info.attempts})")
     print(f"runs      {info.runs}")
     print(f"started   {_when(info.started, now, full=True)}")
     print(f"updated   {_when(info.updated, now, full=True)}")
@@ -271,7 +353,24 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30d, 12h, 15m or 90s")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    return timedelta(**{unit[match[2]]: float(match[1])})
+
+
 def _forget(args: argparse.Namespace) -> int:
+    usage: argparse.ArgumentParser = args.parser
+    if args.status:
+        if args.id is not None:
+            usage.error("give a workflow id or --status, not both")
+        return _forget_many(args)
+    if args.id is None:
+        usage.error("give a workflow id, or --status (with --older-than) to forget many")
+    if args.older_than is not None:
+        usage.error("--older-than goes with --status")
     store = _store(args)
     workflow_id = _resolve_id(args.id, store)
     name = short_repr(workflow_id)
@@ -305,6 +404,84 @@ def _ui(args: argparse.Namespace) -> int:
     from ._ui import serve  # the server is loaded only by those who run it
 
     return serve(_store(args), args.host, args.port, open_browser=args.open)
+
+
+def _forget_many(args: argparse.Namespace) -> int:
+    store = _store(args)
+    statuses = sorted(set(args.status))
+    age = "" if args.older_than is None else f" not updated for {args.older_than}"
+    if not args.yes:
+        sys.stderr.write(f"Forget every {'/'.join(statuses)} workflow{age}? [y/N] ")
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if not sys.stdin.isatty():
+            sys.stderr.write("\n")
+        if answer not in ("y", "yes"):
+            print("Kept them.")
+            return 0
+    forgotten = forget_many(store, statuses=statuses, older_than=args.older_than)
+    print(f"Forgot {len(forgotten)} workflow{'s' if len(forgotten) != 1 else ''}.")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from ._runner import report_json, report_text, resume
+
+    sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the caller
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            _error(f"cannot import {module!r} (--import): {exc}")
+            return 2
+    if args.concurrency < 1 or args.max_attempts < 1 or not args.backoff >= 0:
+        _error("--concurrency and --max-attempts must be at least 1, --backoff at least 0")
+        return 2
+    report = resume(
+        _store(args),
+        concurrency=args.concurrency,
+        max_attempts=args.max_attempts,
+        backoff=args.backoff,
+    )
+    print(report_json(report) if args.json else _safe(report_text(report)))
+    return report.exit_code
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from ._runner import retry
+
+    store = _store(args)
+    workflow_id = _resolve_id(args.id, store)
+    retry(workflow_id, store)
+    print(f"Workflow {short_repr(workflow_id)} is due again; a runner will run it.")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from ._runner import cancel
+
+    store = _store(args)
+    workflow_id = _resolve_id(args.id, store)
+    done = cancel(workflow_id, store)
+    name = short_repr(workflow_id)
+    if done == "requested":
+        print(f"Workflow {name} is running; it stops at its next step.")
+    else:
+        print(f"Cancelled workflow {name}.")
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    from ._waiting import send_message
+
+    try:
+        value = json.loads(args.value)
+    except ValueError as exc:
+        _error(f"the value is not JSON: {exc}")
+        return 2
+    seq = send_message(_store(args), JSONSerializer(), args.id, args.topic, value)
+    print(f"Sent message #{seq} on {args.topic!r} to workflow {short_repr(args.id)}.")
+    return 0
 
 
 def _where(args: argparse.Namespace) -> int:
@@ -354,6 +531,16 @@ def _label(step: StepInfo) -> str:
     return _safe(f"{step.function}({args}){occurrence}")
 
 
+def _waiting_note(info: WorkflowInfo, now: datetime, *, full: bool = False) -> str:
+    """``until <time>`` for a sleeping workflow, ``for <topic> [until <time>]`` if waiting."""
+    until = "" if info.wake is None else f"until {_when(info.wake, now, full=full)}"
+    if info.status == "sleeping":
+        return until
+    if info.status == "waiting":
+        return f"for {_safe(repr(info.topic))} {until}".rstrip()
+    return ""
+
+
 def _workflow_json(info: WorkflowInfo, *, steps: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": info.id,
@@ -364,6 +551,10 @@ def _workflow_json(info: WorkflowInfo, *, steps: bool) -> dict[str, Any]:
         "started": _iso(info.started),
         "updated": _iso(info.updated),
         "error": info.error,
+        "wake": _iso(info.wake),
+        "topic": info.topic,
+        "attempts": info.attempts,
+        "entry": info.entry,
     }
     if info.path is not None:
         out["path"] = info.path

@@ -13,10 +13,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import anyio
+
 from ._context import Context, active_workflows
 from ._errors import WorkflowError
 from ._identity import CallIdentity, function_name, implicit_workflow_id
 from ._logging import logger
+from ._registry import entry_or_none
 from ._run import Frame
 from ._typed import ResultCodec, result_codec
 
@@ -24,8 +27,9 @@ __all__ = ["make_durable"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Opens the workflow of the given id (``Duravoke.workflow``), as a sync and async context.
-OpenWorkflow = Callable[[str], Any]
+#: Opens the workflow of the given id as a sync and async context; the second argument
+#: builds the call's entry point, recorded if the workflow has none yet.
+OpenWorkflow = Callable[[str, Callable[[], Any]], Any]
 
 # The thread names of concurrent.futures pools and of asyncio's default executor: threads
 # that run submitted work in a context of their own, without the submitter's workflow.
@@ -49,7 +53,11 @@ def make_durable(
     codec = result_codec(fn, identity.name)
 
     def own_workflow(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return open_workflow(_implicit_id(identity, context, args, kwargs))
+        # The entry point lets a runner finish the workflow should this process die.
+        return open_workflow(
+            _implicit_id(identity, context, args, kwargs),
+            lambda: entry_or_none(identity.name, fn, args, kwargs),
+        )
 
     wrap = _async_wrapper if inspect.iscoroutinefunction(fn) else _sync_wrapper
     return cast(F, wrap(fn, identity, codec, context, own_workflow))
@@ -79,7 +87,10 @@ def _async_wrapper(
         if frame is None:
             async with own_workflow(args, kwargs):
                 return await async_wrapper(*args, **kwargs)
-        step = frame.run.begin(frame, identity, args, kwargs, codec)
+        run = frame.run
+        if run.cancel_poll_due():  # at most every 0.5 s: off the loop, it may wait
+            await anyio.to_thread.run_sync(run.poll_cancel)
+        step = run.begin(frame, identity, args, kwargs, codec, on_loop=True)
         if step.replayed:
             return step.value
         try:
@@ -90,6 +101,7 @@ def _async_wrapper(
             raise
         return await step.acomplete(result)
 
+    async_wrapper._duravoke_identity = identity  # type: ignore[attr-defined]
     return async_wrapper
 
 
@@ -117,6 +129,7 @@ def _sync_wrapper(
             raise
         return step.complete(result)
 
+    sync_wrapper._duravoke_identity = identity  # type: ignore[attr-defined]
     return sync_wrapper
 
 

@@ -8,6 +8,7 @@ resembles, so ``except TimeoutError`` keeps working for code that does not know 
     ├── CorruptStateError (ValueError)     a state file is damaged; it is left untouched
     ├── WorkflowBusyError (TimeoutError)   another process or thread runs the workflow
     ├── WorkflowError (RuntimeError)       ``workflow()`` was misused (e.g. nested twice)
+    │   └── WorkflowCancelledError         the workflow was cancelled; it does not run
     ├── OutsideStepError (RuntimeError)    a step-only function was called outside a step
     ├── WorkflowNotFoundError (LookupError) no state is recorded under that workflow id
     └── StoreError (OSError)               the store could not write; nothing was lost
@@ -28,6 +29,7 @@ __all__ = [
     "SerializationError",
     "StoreError",
     "WorkflowBusyError",
+    "WorkflowCancelledError",
     "WorkflowError",
     "WorkflowNotFoundError",
     "check_format",
@@ -111,6 +113,18 @@ class WorkflowBusyError(DuravokeError, TimeoutError):
 
 class WorkflowError(DuravokeError, RuntimeError):
     """``workflow()`` was used in a way that cannot work, such as nesting the same id."""
+
+
+class WorkflowCancelledError(WorkflowError):
+    """The workflow was cancelled (``duravoke cancel``): it does not run again.
+
+    Attributes:
+        workflow_id: the cancelled workflow.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
 
 
 class OutsideStepError(DuravokeError, RuntimeError):

@@ -29,6 +29,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -48,7 +49,7 @@ from ._journal import read_legacy_journal
 from ._log import Entry, Log, decode_entries, read_frames
 from ._logging import logger
 from ._snapshot import dump_snapshot, load_snapshot
-from ._state import Record, State, apply, new_state, summarize
+from ._state import Record, State, apply, new_state, now_iso, summarize
 from ._store import Durability, Lease, Store, check_durability
 
 __all__ = ["DirectoryStore", "PersistedKKV", "default_folder"]
@@ -170,6 +171,32 @@ class _FileStore(Store):
             return {}
         view = self.log().view()
         return {w: dict(s) for w, s in view.summaries.items()}
+
+    # --- messages: records of the log, appended without the workflow's lock ---------------
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Append a message to the log (durable on return); see :meth:`Store.send`."""
+        check_workflow_id(workflow_id)
+        record: Record = {"msg": topic, "seq": None, "data": json.loads(data), "at": now_iso()}
+        self.log().append([(workflow_id, record)])
+        return int(record["seq"])  # given by the writer, in the order of the log
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """The messages on ``topic`` after ``after``: the state's inbox and the log's."""
+        state = self.read(workflow_id)
+        inbox = [] if state is None else state.get("inbox", {}).get(topic, [])
+        return [(seq, data) for seq, data, _at in inbox if seq > after]
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Messages go with the workflow's ``forget`` record; nothing else to delete."""
+        return False
+
+    def _has_message(self, summary: State, workflow_id: str) -> bool:
+        # The summary knows the last message of each topic: no state is read.
+        if summary["status"] != "waiting" or not isinstance(summary.get("topic"), str):
+            return False
+        last = summary.get("inbox", {}).get(summary["topic"], 0)
+        return bool(last > int(summary.get("after") or 0))
 
     def suspects(self) -> set[str]:
         """Workflows whose state file is not as the last checkpoint wrote it."""

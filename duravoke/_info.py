@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,13 +25,27 @@ __all__ = [
     "StepInfo",
     "WorkflowInfo",
     "forget",
+    "forget_many",
     "get_workflow",
     "list_workflows",
     "resolve_store",
     "short_repr",
 ]
 
-Status = Literal["running", "completed", "failed", "interrupted", "corrupt"]
+Status = Literal[
+    "running",
+    "completed",
+    "failed",
+    "interrupted",
+    "pending",
+    "sleeping",
+    "waiting",
+    "cancelled",
+    "corrupt",
+]
+
+#: The statuses read as they are recorded (with the lock free).
+_AS_RECORDED = frozenset({"completed", "failed", "pending", "sleeping", "waiting", "cancelled"})
 
 #: The longest result preview, in characters.
 PREVIEW_LIMIT = 60
@@ -91,10 +106,13 @@ class WorkflowInfo:
     Attributes:
         id: the workflow id.
         status: ``"running"`` (a process or thread holds its lock right now),
-            ``"completed"``, ``"failed"`` (its last run raised; see ``error``) or
+            ``"completed"``, ``"failed"`` (its last run raised; see ``error``),
             ``"interrupted"`` (its last run stopped without finishing: the process
-            died or was killed, Ctrl-C or cancellation; run it again to resume), or
-            ``"corrupt"`` (its state is damaged: ``error`` says how, ``path`` where).
+            died or was killed, Ctrl-C or cancellation; run it again to resume),
+            ``"pending"`` (started, not run yet), ``"sleeping"`` (until ``wake``),
+            ``"waiting"`` (for a message on ``topic``, until ``wake`` if it has a
+            timeout), ``"cancelled"``, or ``"corrupt"`` (its state is damaged:
+            ``error`` says how, ``path`` where).
         steps_done: how many steps completed.
         steps_failed: how many steps raised (they run again next time).
         runs: how many times the workflow was entered.
@@ -103,6 +121,11 @@ class WorkflowInfo:
         error: the ``repr`` of the exception that failed the last run, else None.
         steps: every recorded step, in the order they started.
         path: the damaged file of a ``"corrupt"`` workflow, else None.
+        wake: when a sleeping workflow wakes, or a waiting one stops waiting; else None.
+        topic: the topic a waiting workflow waits on; else None.
+        attempts: runs started since its last success or suspension (see ``resume``).
+        entry: the registered name of its entry point, if it has one (a runner can
+            resume it); None for a named ``with workflow()`` block.
     """
 
     id: str
@@ -115,6 +138,10 @@ class WorkflowInfo:
     error: str | None
     steps: tuple[StepInfo, ...]
     path: str | None = None
+    wake: datetime | None = None
+    topic: str | None = None
+    attempts: int = 0
+    entry: str | None = None
 
 
 def resolve_store(store: Store | str | os.PathLike[str] | None) -> Store:
@@ -173,21 +200,12 @@ def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[
 
 
 #: Recorded statuses that no running process can change without taking the lock first.
-_FINISHED = frozenset({"completed", "failed", "interrupted"})
+_FINISHED = _AS_RECORDED | {"interrupted"}
 
 
 def _listed(workflow_id: str, summary: State) -> WorkflowInfo:
-    return WorkflowInfo(
-        id=workflow_id,
-        status=_status(summary["status"], running=False),
-        steps_done=int(summary.get("done") or 0),
-        steps_failed=len(summary.get("failing") or ()),
-        runs=int(summary.get("runs") or 0),
-        started=_time(summary.get("started")),
-        updated=_time(summary.get("updated")),
-        error=summary.get("error"),
-        steps=(),
-    )
+    done, failed = int(summary.get("done") or 0), len(summary.get("failing") or ())
+    return _workflow_info(workflow_id, summary, False, (), done, failed)
 
 
 def _corrupt(workflow_id: str, exc: CorruptStateError) -> WorkflowInfo:
@@ -260,7 +278,7 @@ def get_workflow(
     if lease is not None:
         running = False
         try:
-            if state["status"] not in ("completed", "failed", "interrupted"):
+            if state["status"] not in ("completed", "failed", "interrupted", "cancelled"):
                 # It may have finished since it was read: read it again, now that it
                 # cannot change, before calling it interrupted.
                 state = target.read(workflow_id)
@@ -292,6 +310,46 @@ def forget(workflow_id: str, store: Store | str | os.PathLike[str] | None = None
         ) from None
     except WorkflowNotFoundError:
         raise _not_found(workflow_id, target) from None
+
+
+def forget_many(
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    statuses: Iterable[str] = ("completed",),
+    older_than: timedelta | None = None,
+) -> list[str]:
+    """Forget every workflow with one of ``statuses``, last updated before ``older_than`` ago.
+
+    Retention for a service: ``forget_many(statuses=["completed"],
+    older_than=timedelta(days=30))``. Each is forgotten like :func:`forget` (its state,
+    journal and messages; lock files stay, as deleting a lock file is never safe).
+    Running workflows are left alone.
+
+    Args:
+        store: as for :func:`list_workflows`.
+        statuses: which statuses to forget (as :class:`WorkflowInfo` reports them).
+        older_than: only those not updated for this long; None: any age.
+
+    Returns:
+        The ids forgotten.
+    """
+    wanted = set(statuses)
+    if "running" in wanted:
+        raise ValueError("running workflows cannot be forgotten; stop them first")
+    target = resolve_store(store)
+    cutoff = None if older_than is None else datetime.now(timezone.utc) - older_than
+    forgotten = []
+    for info in list_workflows(target):
+        if info.status not in wanted:
+            continue
+        if cutoff is not None and (info.updated is None or info.updated > cutoff):
+            continue
+        try:
+            target.forget(info.id)
+        except (WorkflowBusyError, WorkflowNotFoundError):
+            continue  # started or forgotten meanwhile
+        forgotten.append(info.id)
+    return forgotten
 
 
 def _not_found(workflow_id: str, store: Store) -> WorkflowNotFoundError:
@@ -360,16 +418,35 @@ def _step(record: dict[str, Any], running: bool) -> StepInfo:
 
 def _info(workflow_id: str, state: State, running: bool) -> WorkflowInfo:
     steps = sorted((_step(r, running) for r in state["steps"].values()), key=lambda s: s.started)
+    done = sum(s.status == "completed" for s in steps)
+    failed = sum(s.status == "failed" for s in steps)
+    return _workflow_info(workflow_id, state, running, tuple(steps), done, failed)
+
+
+def _workflow_info(  # noqa: PLR0917 - one private builder, called twice
+    workflow_id: str,
+    header: State,
+    running: bool,
+    steps: tuple[StepInfo, ...],
+    done: int,
+    failed: int,
+) -> WorkflowInfo:
+    """A workflow from its state or its summary (``header``: the fields besides steps)."""
+    entry, topic = header.get("entry"), header.get("topic")
     return WorkflowInfo(
         id=workflow_id,
-        status=_status(state["status"], running),
-        steps_done=sum(s.status == "completed" for s in steps),
-        steps_failed=sum(s.status == "failed" for s in steps),
-        runs=int(state.get("runs") or 0),
-        started=_time(state.get("started")),
-        updated=_time(state.get("updated")),
-        error=state.get("error"),
-        steps=tuple(steps),
+        status=_status(header["status"], running),
+        steps_done=done,
+        steps_failed=failed,
+        runs=int(header.get("runs") or 0),
+        started=_time(header.get("started")),
+        updated=_time(header.get("updated")),
+        error=header.get("error"),
+        steps=steps,
+        wake=_time(header.get("wake")),
+        topic=topic if isinstance(topic, str) else None,
+        attempts=int(header.get("attempts") or 0),
+        entry=entry.get("name") if isinstance(entry, dict) else None,
     )
 
 
@@ -377,7 +454,7 @@ def _status(recorded: str, running: bool) -> Status:
     """What a workflow recorded with ``recorded`` is now."""
     if running:
         return "running"
-    if recorded in ("completed", "failed"):
+    if recorded in _AS_RECORDED:
         return recorded  # type: ignore[return-value]
     # Interrupted, or recorded as running (or never finished starting) with its lock free.
     return "interrupted"

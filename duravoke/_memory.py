@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from ._groupcommit import Done, Waitable
 from ._state import Record, State, apply, new_state
@@ -23,6 +25,7 @@ class InMemoryKKV(Store):
     def __init__(self) -> None:
         self._states: dict[str, State] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._inboxes: dict[str, dict[str, list[str]]] = {}
         self._guard = threading.Lock()
 
     @property
@@ -46,6 +49,24 @@ class InMemoryKKV(Store):
         """Every workflow with recorded state."""
         with self._guard:
             return list(self._states)
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Keep the message in this process's memory."""
+        with self._guard:
+            queue = self._inboxes.setdefault(workflow_id, {}).setdefault(topic, [])
+            queue.append(data)
+            return len(queue)
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """The messages on ``topic`` after ``after``."""
+        with self._guard:
+            queue = list(self._inboxes.get(workflow_id, {}).get(topic, ()))
+        return [(n, json.loads(d)) for n, d in enumerate(queue, 1) if n > after]
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Delete the workflow's messages."""
+        with self._guard:
+            return self._inboxes.pop(workflow_id, None) is not None
 
 
 class _MemoryLease(Lease):

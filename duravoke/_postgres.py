@@ -6,6 +6,7 @@ on first use::
     meta      (version)                        one row: the layout's version, 1
     workflows (id, state, updated)             a workflow's state without its steps
     steps     (workflow_id, sid, record, seq)  one row per step, in first-written order
+    messages  (id, workflow_id, topic, seq, data, sent)  the inboxes (``send``)
 
 Connections are bounded, however many workflows run: each store object in a process
 has one *session* connection and a small pool for reads (psycopg_pool). The session
@@ -72,6 +73,15 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
     seq bigserial NOT NULL,
     PRIMARY KEY (workflow_id, sid)
 );
+CREATE TABLE IF NOT EXISTS {s}.messages (
+    id bigserial PRIMARY KEY,
+    workflow_id text NOT NULL,
+    topic text NOT NULL,
+    seq bigint NOT NULL,
+    data json NOT NULL,
+    sent timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (workflow_id, topic, seq)
+);
 INSERT INTO {s}.meta (version) SELECT {version} WHERE NOT EXISTS (SELECT FROM {s}.meta);
 """
 
@@ -117,6 +127,22 @@ FROM {s}.workflows w LEFT JOIN (
     FROM {s}.steps GROUP BY workflow_id
 ) c ON c.workflow_id = w.id
 """
+
+# Senders to one workflow and topic queue on a transaction-level advisory lock, so the
+# sequence numbers follow commit order: a receiver never sees 5 before 4 is visible.
+_SEND = """
+INSERT INTO {s}.messages (workflow_id, topic, seq, data)
+SELECT %(id)s, %(topic)s, coalesce(max(seq), 0) + 1, %(data)s::json
+FROM {s}.messages WHERE workflow_id = %(id)s AND topic = %(topic)s
+RETURNING seq
+"""
+
+_MESSAGES = """
+SELECT seq, data FROM {s}.messages
+WHERE workflow_id = %(id)s AND topic = %(topic)s AND seq > %(after)s ORDER BY seq
+"""
+
+_DROP_MESSAGES = "DELETE FROM {s}.messages WHERE workflow_id = %(id)s"
 
 _VERSION = "SELECT version FROM {s}.meta"
 
@@ -248,6 +274,9 @@ class PostgresStore(Store):
         self._forget_sql = _FORGET.format(s=s).encode()
         self._ids_sql = _IDS.format(s=s).encode()
         self._summaries_sql = _SUMMARIES.format(s=s).encode()
+        self._send_sql = _SEND.format(s=s).encode()
+        self._messages_sql = _MESSAGES.format(s=s).encode()
+        self._drop_messages_sql = _DROP_MESSAGES.format(s=s).encode()
         self._version_sql = _VERSION.format(s=s).encode()
         self._pool_size = pool_size
         self._ready = False
@@ -293,6 +322,38 @@ class PostgresStore(Store):
             if isinstance(header, dict):
                 found[_py_id(db_id)] = {**header, "done": done, "failing": list(failing)}
         return found
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Insert a message row in its own transaction; never takes the workflow's lock."""
+        key = _lock_key("inbox", self.schema, check_workflow_id(workflow_id), topic)
+        params = {"id": _db_id(workflow_id), "topic": topic, "data": data}
+        self._ensure_ready()
+        try:
+            with self._read_pool().connection(timeout=10) as conn, conn.transaction():
+                # Senders to one workflow and topic take turns, so that sequence numbers
+                # follow commit order.
+                conn.execute(b"SELECT pg_advisory_xact_lock(%s)", [key])
+                row = conn.execute(self._send_sql, params).fetchone()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise self._error(f"send a message to workflow {workflow_id!r}", exc) from exc
+        assert row is not None
+        return int(row[0])
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """The message rows on ``topic`` after ``after``."""
+        what = f"read the messages of workflow {check_workflow_id(workflow_id)!r}"
+        params = {"id": _db_id(workflow_id), "topic": topic, "after": after}
+        return [(int(seq), data) for seq, data in self._query(what, self._messages_sql, params)]
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Delete the workflow's message rows."""
+        self._ensure_ready()
+        try:
+            with self._read_pool().connection(timeout=10) as conn:
+                cur = conn.execute(self._drop_messages_sql, {"id": _db_id(workflow_id)})
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise self._error(f"delete the messages of workflow {workflow_id!r}", exc) from exc
+        return cur.rowcount > 0
 
     def close(self) -> None:
         """Close the read pool, and the session once no workflow holds it."""
@@ -349,9 +410,7 @@ class PostgresStore(Store):
         self, what: str, query: bytes, params: Sequence[Any] | dict[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         """Run one read-only statement on a pooled connection."""
-        if not self._ready:
-            # The first connection sets up the tables, and fails fast (the pool retries).
-            self._current_session()
+        self._ensure_ready()
         try:
             with self._read_pool().connection(timeout=10) as conn:
                 return conn.execute(query, params).fetchall()
@@ -361,6 +420,11 @@ class PostgresStore(Store):
             raise self._unreachable(exc) from exc
         except psycopg.Error as exc:
             raise self._error(what, exc) from exc
+
+    def _ensure_ready(self) -> None:
+        if not self._ready:
+            # The first connection sets up the tables, and fails fast (the pool retries).
+            self._current_session()
 
     def _connect(self) -> Connection:
         try:
@@ -395,7 +459,12 @@ class PostgresStore(Store):
     def _setup(self, conn: Connection) -> None:
         with conn.transaction():
             meta = f"{_quote(self.schema)}.meta"
-            row = conn.execute(b"SELECT to_regclass(%s) IS NOT NULL", [meta]).fetchone()
+            messages = f"{_quote(self.schema)}.messages"
+            row = conn.execute(
+                b"SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                [meta, messages],
+            ).fetchone()
+            # Tables made by an older duravoke lack "messages": the CREATEs add just it.
             if row is None or not row[0]:
                 # Serialize concurrent first uses: CREATE ... IF NOT EXISTS alone can race.
                 key = _lock_key("schema", self.schema)

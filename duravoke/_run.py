@@ -14,8 +14,10 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from ._context import Context
 from ._errors import CorruptStateError, SerializationError, error_repr
@@ -25,10 +27,50 @@ from ._state import Record, State, apply, now_iso
 
 if TYPE_CHECKING:
     from ._serializer import Serializer
-    from ._store import Lease
+    from ._store import Lease, Store
     from ._typed import ResultCodec
 
-__all__ = ["Frame", "Run", "Step"]
+__all__ = ["Cancelled", "Frame", "Run", "Step", "Suspended"]
+
+#: How often a run looks for a cancellation request, at most, in seconds.
+CANCEL_CHECK_INTERVAL = 0.5
+
+
+class Suspended(BaseException):
+    """A wait under a runner suspends its run: the run records it and releases the lock.
+
+    A BaseException, so that the user's ``except Exception`` blocks let it through, as
+    they do cancellation. Only a runner ever sees it; called directly, waits block.
+    """
+
+    def __init__(self, event: Record) -> None:
+        super().__init__(f"suspended: {event}")
+        self.event = event
+
+
+class Cancelled(BaseException):
+    """The workflow was cancelled (``duravoke cancel``): its run stops at its next step."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} was cancelled (`duravoke cancel`); it does not run"
+            " again. Forget it to start it afresh."
+        )
+        self.workflow_id = workflow_id
+
+
+def find_signal(exc: BaseException | None) -> BaseException | None:
+    """The :class:`Suspended` or :class:`Cancelled` in ``exc`` (also inside a group)."""
+    if isinstance(exc, (Suspended, Cancelled)):
+        return exc
+    # An exception group (a task group's): BaseExceptionGroup is no builtin on 3.10.
+    inner_exceptions = getattr(exc, "exceptions", None)
+    if isinstance(inner_exceptions, tuple):
+        for inner in inner_exceptions:
+            found = find_signal(inner)
+            if found is not None:
+                return found
+    return None
 
 
 class Frame:
@@ -49,6 +91,7 @@ class Step:
     __slots__ = (
         "args",
         "codec",
+        "extra",
         "frame",
         "name",
         "occ",
@@ -76,6 +119,8 @@ class Step:
         self.args: object = None
         self.started = ""
         self.t0 = 0.0
+        #: Fields added to the step's records (waits record their deadline and message).
+        self.extra: Record | None = None
 
     def body_frame(self) -> Frame:
         """The frame the step's own body runs in."""
@@ -97,6 +142,14 @@ class Step:
         }
         if self.args is not None:
             record["args"] = self.args
+        if self.extra:
+            record.update(self.extra)
+        return record
+
+    def mark(self, status: str, **fields: Any) -> Record:
+        """A record of this step with ``status`` (e.g. ``"sleeping"``) and extra fields."""
+        record = self._record(status)
+        record.update(fields)
         return record
 
     @contextlib.contextmanager
@@ -175,8 +228,19 @@ class Run:
         serializer: Serializer,
         location: str,
         context: Context,
+        entry: Callable[[], Record | None] | None = None,
+        started: Record | None = None,
+        cancel_requested: Callable[[], bool] | None = None,
+        store: Store | None = None,
+        suspend_after: float | None = None,
     ) -> None:
         self.workflow_id = workflow_id
+        #: The store, for the waits that read the inbox.
+        self.store = store
+        #: Under a runner: a wait longer than this (seconds) suspends the run.
+        self.suspend_after = suspend_after
+        #: The highest message sequence number taken per topic (see ``_waiting``).
+        self.claimed: dict[str, int] = {}
         self.context = context
         self.lease = lease
         self.state = state
@@ -192,8 +256,17 @@ class Run:
         self.executed = 0
         self.failed = 0
         #: The outcome recorded before this run, to skip writing when nothing changes.
-        self.before = (state["status"], state["error"])
+        self.before = _summary(state)
         event = {"event": "running", "at": now_iso(), "run": state["runs"] + 1}
+        if started:
+            event.update(started)
+        if entry is not None and "entry" not in state:
+            point = entry()
+            if point is not None:
+                event["entry"] = point
+        self._cancel_requested = cancel_requested
+        self._cancel_checked = -CANCEL_CHECK_INTERVAL
+        self._cancel_seen = False
         apply(state, event)
         self.pending: list[Record] = [event]
         self.root = Frame(self, (), "", None)
@@ -211,8 +284,14 @@ class Run:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         codec: ResultCodec,
+        *,
+        on_loop: bool = False,
     ) -> Step:
         """Identify a call and decide: replay it (``step.replayed``) or execute it.
+
+        ``on_loop``: called on an event loop, which must not wait for the store: the
+        look for a cancellation is then made by the caller (and by :meth:`arecord`) in
+        a worker thread, with :meth:`poll_cancel`; here only its answer is read.
 
         Raises:
             SerializationError: the function's results could not be recorded (its
@@ -240,11 +319,36 @@ class Run:
                     self.workflow_id,
                 )
             return step
+        if self._cancel_seen or (not on_loop and self.poll_cancel()):
+            raise Cancelled(self.workflow_id)
         if len(args_json) <= ARGS_PREVIEW_LIMIT:
             step.args = encoded
         step.started = now_iso()
         step.t0 = time.perf_counter()
         return step
+
+    def cancel_poll_due(self) -> bool:
+        """Whether :meth:`poll_cancel` would look in the store now (async callers then
+        call it in a worker thread)."""
+        return (
+            self._cancel_requested is not None
+            and not self._cancel_seen
+            and time.monotonic() - self._cancel_checked >= CANCEL_CHECK_INTERVAL
+        )
+
+    def poll_cancel(self) -> bool:
+        """Whether a cancellation was requested (``duravoke cancel``).
+
+        Looks in the store at most every :data:`CANCEL_CHECK_INTERVAL` seconds (it may
+        wait for the store: never call it on an event loop) and remembers a yes.
+        """
+        if self._cancel_requested is None or self._cancel_seen:
+            return self._cancel_seen
+        now = time.monotonic()
+        if now - self._cancel_checked >= CANCEL_CHECK_INTERVAL:
+            self._cancel_checked = now
+            self._cancel_seen = self._cancel_requested()
+        return self._cancel_seen
 
     def _skip_beneath(self, sid: str) -> None:
         # The body of a replayed step is skipped, but an uninterrupted run would have
@@ -275,7 +379,7 @@ class Run:
             batch, self.pending = [*self.pending, record], []
             if record["status"] == "completed":
                 self.executed += 1
-            else:
+            elif record["status"] == "failed":
                 self.failed += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
@@ -296,6 +400,9 @@ class Run:
         # Queued here, on the event loop, in call order; every task that queued meanwhile
         # shares the write (group commit), waited for in one worker thread per batch.
         await self.lease.enqueue(self._stage(record)).wait_async()
+        if self.cancel_poll_due():
+            # Off the event loop: the next begin() (on the loop) reads the flag it sets.
+            await anyio.to_thread.run_sync(self.poll_cancel)
 
     def finish(self, exc: BaseException | None) -> None:
         """Record how the run ended and release the lock.
@@ -303,30 +410,42 @@ class Run:
         A run that only replayed writes nothing, unless its outcome differs from the
         recorded one.
         """
-        event: Record = {
-            "event": _outcome(exc),
-            "at": now_iso(),
-            "run": self.state["runs"],
-        }
-        if exc is not None:
+        signal = find_signal(exc)
+        event: Record = {"event": _outcome(exc), "at": now_iso(), "run": self.state["runs"]}
+        if isinstance(signal, Suspended):
+            event.update(signal.event)
+        elif isinstance(signal, Cancelled):
+            event["event"] = "cancelled"
+        elif exc is not None:
             event["error"] = error_repr(exc)
         wrote = not self.pending
         apply(self.state, event)
         try:
-            if wrote or (event["event"], event.get("error")) != self.before:
+            if wrote or _summary(self.state) != self.before:
                 self.lease.append([*self.pending, event])
         finally:
             self.lease.close()
-        log = logger.info if exc is None else logger.warning
+        log = logger.info if exc is None or isinstance(signal, Suspended) else logger.warning
         log(
             "workflow %r %s%s: %d steps replayed, %d executed, %d failed",
             self.workflow_id,
             event["event"],
-            "" if exc is None else f" ({event['error']})",  # why, in the line people read
+            f" ({event['error']})" if "error" in event else "",  # why, in the line people read
             self.replayed,
             self.executed,
             self.failed,
         )
+
+
+def _summary(state: State) -> tuple[Any, ...]:
+    return (
+        state["status"],
+        state["error"],
+        state.get("wake"),
+        state.get("topic"),
+        state.get("after"),
+        "entry" in state,
+    )
 
 
 def _outcome(exc: BaseException | None) -> str:

@@ -9,9 +9,23 @@ A workflow's state is a plain dict, exactly as it appears in the state file::
      "error": None, "steps": {sid: step, ...}}
 
 A record is either a step (it has a ``"sid"``) or a workflow event (it has an
-``"event"``: ``"running"``, ``"completed"`` or ``"failed"``). Applying records in
-order rebuilds the state; applying one twice changes nothing, which is what lets a
-journal be replayed over a snapshot that already contains some of it.
+``"event"``). Applying records in order rebuilds the state; applying one twice changes
+nothing, which is what lets a journal be replayed over a snapshot that already contains
+some of it. The events:
+
+- ``running`` (a run starts; it counts one attempt, and may carry the ``entry`` point
+  and the runner's retry ``policy``), ``completed``, ``failed``, ``interrupted``;
+- ``pending`` (``start`` recorded the call, with its ``entry``; nothing ran yet);
+- ``sleeping`` (``until``) and ``waiting`` (``topic``, ``after``, ``until``): the run
+  suspended itself in a wait and released the lock; a runner resumes it when due;
+- ``retry`` (``duravoke retry``: due again, attempts start over);
+- ``cancelled``: it never runs again.
+
+Fields a runner reads: ``entry`` ({"name", "module", "args", "kwargs"}: the registered
+function and its encoded arguments), ``attempts`` (runs started since the last success
+or suspension, minus those interrupted by Ctrl-C; a run that kills its process counts),
+``policy`` ([max attempts, backoff seconds, max backoff seconds]), ``wake``, ``topic``
+and ``after`` (the wait being waited for).
 """
 
 from __future__ import annotations
@@ -21,11 +35,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 __all__ = [
+    "DEFAULT_POLICY",
     "STATUSES",
     "Record",
     "State",
     "apply",
     "apply_summary",
+    "backoff",
+    "decide",
     "new_state",
     "new_summary",
     "now_iso",
@@ -38,9 +55,35 @@ Record = dict[str, Any]
 State = dict[str, Any]
 
 #: Every status a workflow can be recorded with.
-STATUSES = frozenset({"running", "completed", "failed", "interrupted"})
-# Where each status stands within one run, to order events of the same run.
-_PHASE = {"new": -1, "running": 0, "completed": 1, "failed": 1, "interrupted": 1}
+STATUSES = frozenset(
+    {
+        "running",
+        "completed",
+        "failed",
+        "interrupted",
+        "pending",
+        "sleeping",
+        "waiting",
+        "retry",
+        "cancelled",
+    }
+)
+# Where each status stands within one run, to order events of the same run. A retry
+# follows the end of the run it retries; a cancellation ends everything.
+_PHASE = {
+    "new": -1,
+    "pending": -1,
+    "running": 0,
+    "completed": 1,
+    "failed": 1,
+    "interrupted": 1,
+    "sleeping": 1,
+    "waiting": 1,
+    "retry": 2,
+    "cancelled": 3,
+}
+#: The events that end a wait of a suspended run.
+_WAIT_FIELDS = ("wake", "topic", "after")
 
 
 _second: tuple[int, str] = (0, "")
@@ -139,20 +182,110 @@ def _apply_event(state: State, record: Record) -> None:
     if (run, _PHASE[event]) < (state["runs"], _PHASE[state["status"]]):
         # An older event: a journal replayed over a snapshot that already holds it.
         return
-    state["status"] = event
+    state["status"] = "pending" if event == "retry" else event
     state["updated"] = record["at"]
+    if "entry" in record:
+        state["entry"] = record["entry"]
+    if "policy" in record:
+        state["policy"] = record["policy"]
+    attempts = state.get("attempts", 0)
+    for field in _WAIT_FIELDS:
+        state.pop(field, None)
     if event == "running":
         state["runs"] = run
         state["error"] = None
+        state["attempts"] = attempts + 1
         if state["started"] is None:
             state["started"] = record["at"]
-    elif event in ("failed", "interrupted"):
+    elif event in ("failed", "interrupted", "cancelled"):
         state["error"] = record.get("error")
+        if event == "interrupted":  # Ctrl-C and cancellation are not failed attempts
+            state["attempts"] = max(0, attempts - 1)
+    elif event in ("sleeping", "waiting"):
+        state["attempts"] = 0
+        state["wake"] = record.get("until")
+        if event == "waiting":
+            state["topic"] = record.get("topic")
+            state["after"] = record.get("after", 0)
+    elif event in ("completed", "retry"):
+        state["attempts"] = 0
+        state["error"] = None
+
+
+#: A runner's retry policy unless told otherwise: (max attempts, first backoff in
+#: seconds, longest backoff in seconds).
+DEFAULT_POLICY = (5, 1.0, 300.0)
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Seconds to wait before the next attempt after ``attempts`` that did not succeed.
+
+    The first retry is immediate (the usual cause is a process that was killed), then
+    ``base``, ``2 * base``, ``4 * base``... up to ``cap``.
+    """
+    if attempts <= 1:
+        return 0.0
+    return float(min(cap, base * 2 ** min(attempts - 2, 60)))
+
+
+def _when(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def decide(state: State, now: datetime, has_message: bool) -> str | None:
+    """What a runner should do with a workflow now, from its state alone.
+
+    Returns ``"run"`` (it is due), ``"give_up"`` (its runs kept stopping without an
+    outcome, e.g. killing their process, and it has no attempts left: record it as
+    failed) or None (nothing to do now). Only workflows with an entry point are ever
+    due: a named ``with workflow(id)`` block is re-run by its own script.
+
+    Args:
+        state: the workflow's state.
+        now: the current time (aware).
+        has_message: whether a message is there for the topic a waiting workflow waits on.
+    """
+    if "entry" not in state:
+        return None
+    status = state["status"]
+    if status == "pending":
+        return "run"
+    if status == "sleeping":
+        wake = _when(state.get("wake"))
+        return "run" if wake is None or wake <= now else None
+    if status == "waiting":
+        wake = _when(state.get("wake"))
+        return "run" if has_message or (wake is not None and wake <= now) else None
+    if status not in ("running", "interrupted", "failed"):
+        return None
+    policy = state.get("policy") or DEFAULT_POLICY
+    max_attempts, base, cap = int(policy[0]), float(policy[1]), float(policy[2])
+    attempts = int(state.get("attempts", 0))
+    if attempts >= max_attempts:
+        return None if status == "failed" else "give_up"
+    updated = _when(state.get("updated"))
+    wait = backoff(attempts, base, cap)
+    if updated is not None and wait and (now - updated).total_seconds() < wait:
+        return None
+    return "run"
 
 
 def status_event(state: State) -> Record:
     """The workflow event that brings any earlier state to ``state``'s status."""
     event: Record = {"event": state["status"], "at": state["updated"], "run": state["runs"]}
-    if state["status"] in ("failed", "interrupted"):
+    if state["status"] in ("failed", "interrupted", "cancelled"):
         event["error"] = state["error"]
+    for field in ("entry", "policy"):
+        if field in state:
+            event[field] = state[field]
+    if "wake" in state:
+        event["until"] = state["wake"]
+    if "topic" in state:
+        event["topic"] = state["topic"]
+        event["after"] = state.get("after", 0)
     return event

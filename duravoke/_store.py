@@ -13,12 +13,13 @@ import abc
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
 from ._groupcommit import Waitable
 from ._logging import logger
-from ._state import Record, State, summarize
+from ._state import Record, State, decide, summarize
 
 __all__ = ["Durability", "Lease", "Store", "check_durability", "waits"]
 
@@ -63,8 +64,10 @@ class Lease(abc.ABC):
 class Store(abc.ABC):
     """Where workflows keep their state.
 
-    Subclasses implement :meth:`try_lock`, :meth:`read`, :meth:`workflow_ids` and
-    describe themselves with :attr:`location`.
+    Subclasses implement :meth:`try_lock`, :meth:`read`, :meth:`workflow_ids`,
+    the inbox (:meth:`send`, :meth:`messages`, :meth:`drop_messages`) and describe
+    themselves with :attr:`location`. :meth:`due` has a generic implementation that
+    reads every workflow; a store with an index of due workflows overrides it.
     """
 
     @property
@@ -132,6 +135,7 @@ class Store(abc.ABC):
             )
         try:
             found = lease.forget()
+            found = self.drop_messages(workflow_id) or found
         finally:
             lease.close()
         if not found:
@@ -143,6 +147,54 @@ class Store(abc.ABC):
     def checkpoint(self) -> None:  # noqa: B027 - most stores have nothing to do
         """Make what the store keeps for people to read current (the file stores fold their
         log into their state files); other stores write everything in place already."""
+
+    def due(self, now: datetime) -> list[str]:
+        """The ids of the workflows a runner should run (or give up on) now.
+
+        Pending ones; interrupted ones (recorded as running: whether their lock is free
+        is for the runner to find out); failed ones with attempts left and their
+        backoff passed; sleeping ones past their wake time; waiting ones whose message
+        arrived or whose timeout passed. See :func:`duravoke._state.decide`.
+
+        Decided from the summaries (:meth:`summaries`): the file stores and Postgres
+        answer from an index, without reading every workflow.
+        """
+        return [
+            workflow_id
+            for workflow_id, summary in self.summaries().items()
+            if decide(summary, now, self._has_message(summary, workflow_id))
+        ]
+
+    def _has_message(self, summary: State, workflow_id: str) -> bool:
+        """Whether a message waits for a workflow waiting on a topic."""
+        if summary["status"] != "waiting" or not isinstance(summary.get("topic"), str):
+            return False
+        return bool(self.messages(workflow_id, summary["topic"], int(summary.get("after") or 0)))
+
+    def send(self, workflow_id: str, topic: str, data: str) -> int:
+        """Add a message to a workflow's inbox, durably, without its lock.
+
+        Args:
+            workflow_id: the receiving workflow; it need not exist yet.
+            topic: the topic it is received under.
+            data: the message's value, already encoded as JSON text.
+
+        Returns:
+            Its sequence number: 1, 2, 3... per workflow and topic, in send order.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot hold messages")
+
+    def messages(self, workflow_id: str, topic: str, after: int) -> list[tuple[int, Any]]:
+        """The messages on ``topic`` with a sequence number above ``after``, in order.
+
+        Each is (sequence number, decoded JSON). Receiving records which sequence number
+        it took, so the inbox itself never changes on receive.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot hold messages")
+
+    def drop_messages(self, workflow_id: str) -> bool:
+        """Delete a workflow's inbox; tell whether it had one."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - most stores keep nothing open
         """Release what the store keeps open (connections, files); it can be used again."""

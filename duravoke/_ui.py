@@ -56,8 +56,10 @@ from uuid import UUID
 
 from ._errors import CorruptStateError, DuravokeError, WorkflowBusyError, WorkflowNotFoundError
 from ._info import StepInfo, WorkflowInfo, forget, get_workflow
+from ._runner import retry
 from ._serializer import JSONSerializer
 from ._store import Store
+from ._waiting import send_message
 
 __all__ = [
     "DEFAULT_PORT",
@@ -459,30 +461,20 @@ def _forget(workflow_id: str, store: Store, fields: Mapping[str, Any]) -> str:
 
 
 def _retry(workflow_id: str, store: Store, fields: Mapping[str, Any]) -> str:
-    import duravoke
-
-    duravoke.retry(workflow_id, store=store)
+    retry(workflow_id, store)
     return "Due again: a runner will start it."
 
 
 def _send(workflow_id: str, store: Store, fields: Mapping[str, Any]) -> str:
-    import duravoke
-
     topic = fields.get("topic")
     if not isinstance(topic, str) or not topic:
         raise ValueError("a message needs a topic")
-    duravoke.send(workflow_id, topic, fields.get("value"), store=store)
+    send_message(store, JSONSerializer(), workflow_id, topic, fields.get("value"))
     return f"Sent on topic {topic!r}."
 
 
 def actions() -> dict[str, Action]:
-    """The actions this version of duravoke offers, by name.
-
-    ``forget`` always; ``retry`` and ``send`` when the package has them.
-    """
-    # Imported here: duravoke imports its modules first, and _ui is only loaded by the CLI.
-    import duravoke
-
+    """The actions the page offers, by name: one entry each."""
     table = [
         Action(
             "forget",
@@ -491,29 +483,23 @@ def actions() -> dict[str, Action]:
             " this cannot be undone.",
             _forget,
             statuses=frozenset(STATUS_ORDER) - {"running"},
-        )
+        ),
+        Action(
+            "retry",
+            "Retry",
+            "Make workflow {id} due again, so that a runner runs it?",
+            _retry,
+            statuses=frozenset({"failed", "cancelled"}),
+        ),
+        Action(
+            "send",
+            "Send a message",
+            "Send this message to workflow {id}?",
+            _send,
+            fields=(("topic", "text"), ("value", "json")),
+            statuses=frozenset(STATUS_ORDER) - {"completed", "corrupt", "cancelled"},
+        ),
     ]
-    if hasattr(duravoke, "retry"):
-        table.append(
-            Action(
-                "retry",
-                "Retry",
-                "Make workflow {id} due again, so that a runner runs it?",
-                _retry,
-                statuses=frozenset({"failed", "cancelled"}),
-            )
-        )
-    if hasattr(duravoke, "send"):
-        table.append(
-            Action(
-                "send",
-                "Send a message",
-                "Send this message to workflow {id}?",
-                _send,
-                fields=(("topic", "text"), ("value", "json")),
-                statuses=frozenset(STATUS_ORDER) - {"completed", "corrupt", "cancelled"},
-            )
-        )
     return {a.name: a for a in table}
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._context import Context, Entered, active_workflows, current_step
-from ._errors import OutsideStepError, WorkflowError
+from ._errors import OutsideStepError, WorkflowCancelledError, WorkflowError
 from ._identity import check_workflow_id, idempotency_key_for
-from ._run import Run
+from ._run import Cancelled, Run, find_signal
+from ._state import Record, State
 from ._store import waits
+
+#: The inbox topic that asks a running workflow to stop (``duravoke cancel``).
+CANCEL_TOPIC = "duravoke.cancel"
 
 if TYPE_CHECKING:
     from ._serializer import Serializer
@@ -30,6 +35,13 @@ class Workflow:
         context: the run context of the instance whose functions record into this run.
         workflow_id: the workflow's id.
         timeout: how long to wait for the lock, in seconds (None: forever).
+        entry: builds the entry point to record, if the workflow has none yet (a
+            decorated call that opens its own workflow; see ``_registry``).
+        started: fields added to the run's ``running`` event (a runner's retry policy).
+        admit: called with the loaded state under the lock; raises to refuse the run
+            (a runner checks that the workflow is still due).
+        suspend_after: under a runner, a wait longer than this many seconds suspends the
+            run instead of blocking.
     """
 
     def __init__(
@@ -39,8 +51,17 @@ class Workflow:
         context: Context,
         workflow_id: str,
         timeout: float | None,
+        *,
+        entry: Callable[[], Record | None] | None = None,
+        started: Record | None = None,
+        admit: Callable[[State], None] | None = None,
+        suspend_after: float | None = None,
     ) -> None:
+        self._suspend_after = suspend_after
         self.workflow_id = check_workflow_id(workflow_id)
+        self._entry = entry
+        self._started = started
+        self._admit = admit
         self.timeout = timeout
         self._store = store
         self._serializer = serializer
@@ -66,15 +87,32 @@ class Workflow:
         return key
 
     def _open(self, lease: Lease) -> Run:
+        store, workflow_id = self._store, self.workflow_id
         try:
-            return Run(
-                self.workflow_id,
+            state = lease.load()
+            if self._admit is not None:
+                self._admit(state)
+            if state["status"] == "cancelled":
+                raise _cancelled(workflow_id)
+            run = Run(
+                workflow_id,
                 lease,
-                lease.load(),
+                state,
                 serializer=self._serializer,
-                location=self._store.location,
+                location=store.location,
                 context=self._context,
+                entry=self._entry,
+                started=self._started,
+                cancel_requested=lambda: _cancel_requested(store, workflow_id),
+                store=store,
+                suspend_after=self._suspend_after,
             )
+            if self._started is not None:
+                # A runner's attempt counts when it starts: a run that kills its process
+                # before recording anything must still use up an attempt.
+                run.lease.append(run.pending)
+                run.pending = []
+            return run
         except BaseException:
             lease.close()
             raise
@@ -107,6 +145,7 @@ class Workflow:
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._exit().finish(exc)
+        _raise_if_cancelled(exc)
 
     async def __aenter__(self) -> Workflow:
         key = self._check()
@@ -129,6 +168,30 @@ class Workflow:
         # Even when cancelled, the run must be closed and its lock released.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(run.finish, exc)
+        _raise_if_cancelled(exc)
+
+
+def _cancelled(workflow_id: str) -> WorkflowCancelledError:
+    return WorkflowCancelledError(
+        f"workflow {workflow_id!r} was cancelled (`duravoke cancel`): it does not run again."
+        " Forget it (`duravoke forget`) to start it afresh.",
+        workflow_id=workflow_id,
+    )
+
+
+def _raise_if_cancelled(exc: BaseException | None) -> None:
+    # Inside the run, cancellation is a BaseException, so that the user's `except
+    # Exception` cannot swallow it; the caller of the workflow gets an ordinary error.
+    if isinstance(find_signal(exc), Cancelled):
+        assert exc is not None
+        raise _cancelled(getattr(find_signal(exc), "workflow_id", "?")) from exc
+
+
+def _cancel_requested(store: Store, workflow_id: str) -> bool:
+    try:
+        return bool(store.messages(workflow_id, CANCEL_TOPIC, 0))
+    except NotImplementedError:  # a store without an inbox cannot be cancelled remotely
+        return False
 
 
 def idempotency_key() -> str:

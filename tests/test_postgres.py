@@ -176,7 +176,7 @@ def test_the_schema_is_created_on_first_use_with_its_version(
 
     assert tables() == []
     assert pg.workflow_ids() == []
-    assert tables() == ["meta", "steps", "workflows"]
+    assert tables() == ["messages", "meta", "steps", "workflows"]
     meta = f'"{pg.schema}".meta'
     assert db.execute(f"SELECT version FROM {meta}").fetchall() == [(SCHEMA_VERSION,)]
     # Another store (another machine) on the same schema uses what is there.

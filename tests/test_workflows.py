@@ -280,7 +280,7 @@ def test_the_decorator_keeps_the_functions_metadata(
 ) -> None:
     for decorate in (
         d.duravoke,
-        d.duravoke(name="named"),
+        d.duravoke(name=f"named-{fn.__name__}"),  # one name, one function (a registry)
         duravoke.duravoke,
         duravoke.duravoke(key=lambda x, y="a", z=1.0: x),
     ):
