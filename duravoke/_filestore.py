@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import threading
 import weakref
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ from ._files import (
 from ._groupcommit import Ticket
 from ._identity import check_workflow_id
 from ._journal import read_legacy_journal
-from ._log import Entry, Log, decode_entries, read_frames
+from ._log import Entry, Log, check_header, decode_entries, read_frames
 from ._logging import logger
 from ._snapshot import dump_snapshot, load_snapshot
 from ._state import Record, State, apply, new_state, summarize
@@ -180,9 +181,16 @@ class _FileStore(Store):
             if log is None:
                 ensure_folder(folder)
                 log = self._logs[folder] = Log(
-                    folder, sync=self.durability == "fsync", base=self._index
+                    folder,
+                    sync=self.durability == "fsync",
+                    base=self._index,
+                    salvage=self.salvage_command(),
                 )
             return log
+
+    def salvage_command(self) -> str:
+        """The shell command that salvages this store (``duravoke salvage --store ...``)."""
+        return f"duravoke salvage --store {shlex.quote(self.location)}"
 
     def _log_entries(self, workflow_id: str) -> tuple[bool, list[Record]]:
         if not (self._folder() / "log").is_dir():
@@ -192,7 +200,9 @@ class _FileStore(Store):
     def _base_state(self, workflow_id: str) -> State | None:
         """The snapshot with an old-format journal (written by duravoke 0.2) on top."""
         state = self._read_snapshot(workflow_id)
-        records = read_legacy_journal(self._legacy_journal(workflow_id), workflow_id)
+        records = read_legacy_journal(
+            self._legacy_journal(workflow_id), workflow_id, self.salvage_command()
+        )
         if records:
             state = state or new_state()
             for record in records:
@@ -285,10 +295,11 @@ class _FileStore(Store):
         for number in folded:
             path = log.folder / f"log.{number:08d}"
             data = read_bytes(path) or b""
-            frames, _end, _torn = read_frames(data, 0, str(path))
+            frames, _end, _torn = read_frames(data, 0, str(path), log.salvage)
             for offset, payload in frames:
                 if offset == 0:
-                    continue  # the header frame
+                    check_header(payload, str(path))
+                    continue
                 for workflow_id, record in decode_entries(payload, str(path)):
                     _collect(touched, forgotten, workflow_id, record)
         states: dict[str, State | None] = {}

@@ -46,7 +46,16 @@ from ._groupcommit import GroupCommit, Ticket
 from ._json import compact_bytes
 from ._state import Record, State, apply_summary, new_summary
 
-__all__ = ["LOG_FORMAT", "LOG_VERSION", "Entry", "Log", "View", "encode_frame", "read_frames"]
+__all__ = [
+    "LOG_FORMAT",
+    "LOG_VERSION",
+    "Entry",
+    "Log",
+    "View",
+    "check_header",
+    "encode_frame",
+    "read_frames",
+]
 
 LOG_FORMAT = "duravoke-log"
 LOG_VERSION = 1
@@ -71,13 +80,15 @@ def entry_line(workflow_id: str, record: Record) -> bytes:
     return compact_bytes([workflow_id, record]) + b"\n"
 
 
-def read_frames(data: bytes, start: int, path: str) -> tuple[list[tuple[int, bytes]], int, bool]:
+def read_frames(
+    data: bytes, start: int, path: str, salvage: str = "duravoke salvage"
+) -> tuple[list[tuple[int, bytes]], int, bool]:
     """Decode the frames of ``data`` from ``start``: ([(offset, payload)], end, torn).
 
     ``end`` is where the intact frames end. Zeros after them are free space. A damaged
     frame with nothing intact after it is the torn end of an interrupted write
     (``torn``); followed by an intact frame it is real damage and raises
-    :class:`CorruptStateError`.
+    :class:`CorruptStateError`, whose message advises ``salvage`` (the exact command).
     """
     frames: list[tuple[int, bytes]] = []
     position = start
@@ -88,9 +99,12 @@ def read_frames(data: bytes, start: int, path: str) -> tuple[list[tuple[int, byt
             if _intact_frame_after(data, position + 1):
                 raise CorruptStateError(
                     f"cannot load {path}: the frame at byte {position} is damaged and intact"
-                    " records follow it, which no crash or power cut can leave. The file was"
-                    " left untouched; `duravoke salvage` keeps every intact record before the"
-                    " damage (it discards the ones after it, and says how many).",
+                    " records follow it, which no crash or power cut can leave (a disk error or"
+                    " an edit can). The file was left untouched, and no workflow of this store"
+                    f" can be loaded until `{salvage}` is run: it copies every intact frame,"
+                    " before and after the damage, into a new segment, moves the damaged one"
+                    " aside (nothing is deleted) and says how many records it kept and how many"
+                    " bytes were unreadable.",
                     path=path,
                 )
             return frames, position, True
@@ -98,6 +112,27 @@ def read_frames(data: bytes, start: int, path: str) -> tuple[list[tuple[int, byt
         position += _HEADER + len(payload)
     torn = any(data[position:size])  # anything but zeros after the last frame
     return frames, position, torn
+
+
+def check_header(payload: bytes, path: str) -> None:
+    """Refuse a segment whose first frame is not a header of the format this code reads."""
+    try:
+        header = json.loads(payload)
+        fmt, version = header.get("format"), header.get("version")
+    except (ValueError, AttributeError):
+        fmt = version = None
+    if fmt != LOG_FORMAT:
+        raise CorruptStateError(
+            f"cannot load {path}: it is not a duravoke log segment (its first frame is not"
+            " a header). It was left untouched; move it out of the log folder.",
+            path=path,
+        )
+    if version != LOG_VERSION:
+        raise CorruptStateError(
+            f"{path} has log format version {version!r}, but this duravoke reads version"
+            f" {LOG_VERSION}. Upgrade duravoke to read it; the file was left untouched.",
+            path=path,
+        )
 
 
 def _frame_at(data: bytes, position: int) -> bytes | None:
@@ -199,6 +234,7 @@ class Log:
         folder: where the segments live.
         sync: fsync each frame (``durability="fsync"``) or not (``"flush"``).
         base: reads the snapshot side for a fresh view: (covers, summaries, seqs).
+        salvage: the command that errors about a damaged segment advise.
     """
 
     def __init__(
@@ -207,8 +243,10 @@ class Log:
         *,
         sync: bool,
         base: Callable[[], tuple[int, dict[str, State], dict[tuple[str, str], int]]],
+        salvage: str = "duravoke salvage",
     ) -> None:
         self.folder = folder
+        self.salvage = salvage
         self.sync = sync
         self._base = base
         self._lock = filelock.FileLock(folder / "lock", mode=0o600, thread_local=False)
@@ -285,10 +323,11 @@ class Log:
             data = _read_used(segment.path, segment.end)
             if not data:
                 continue
-            frames, end, segment.torn = read_frames(data, 0, str(segment.path))
+            frames, end, segment.torn = read_frames(data, 0, str(segment.path), self.salvage)
             for offset, payload in frames:
                 if offset == 0 and segment.end == 0:
-                    continue  # the segment's header frame
+                    check_header(payload, str(segment.path))
+                    continue
                 view.take(number, segment.end + offset, decode_entries(payload, str(segment.path)))
             segment.frames += len(frames)
             segment.end += end
@@ -354,13 +393,16 @@ class Log:
         if self._fd is not None:
             os.close(self._fd)
             self._fd, self._active = None, None
-        if segment is not None and not segment.torn:
+        # A segment without its header frame is one whose creation a crash interrupted:
+        # a frame written at its start would be taken for the header.
+        if segment is not None and not segment.torn and segment.frames:
             self._fd = os.open(segment.path, os.O_WRONLY)
             self._size = os.fstat(self._fd).st_size
             self._active, self._synced = segment, 0
             return segment
-        # None yet, or a crash tore its end: nothing is ever written after damage.
-        return self.rotate(view, newest + 1)
+        # None yet, or a crash tore its end: nothing is ever written after damage. Never a
+        # number the index covers (its segments may all be gone): it would be skipped.
+        return self.rotate(view, max(newest, view.covers) + 1)
 
     def rotate(self, view: View, number: int) -> _Segment:
         """Start segment ``number`` (the log lock is held); it becomes the active one."""

@@ -186,9 +186,21 @@ def _check_version(fmt: object, expected: str, version: object, path: str) -> No
         )
 
 
-def _corrupt(path: str, why: str) -> CorruptStateError:
+def _corrupt(path: str, why: str, salvage: str | None = None) -> CorruptStateError:
+    """The error for a damaged file; ``salvage`` is the command that keeps its intact
+    records (for a journal), None when nothing can be told intact (a state file)."""
+    if salvage is not None:
+        advice = (
+            f"run `{salvage}`: it keeps every intact record before the damage, moves the"
+            " file aside (nothing is deleted) and says how many records it kept; the steps"
+            " recorded after the damage run again"
+        )
+    else:
+        advice = (
+            "move it aside (or restore it from a backup) to start that state afresh, or use"
+            " `duravoke forget`"
+        )
     return CorruptStateError(
-        f"cannot load {path}: {why}. The file was left untouched; move it aside (or restore"
-        " it from a backup) to start that state afresh, or use `duravoke forget`.",
+        f"cannot load {path}: {why}. The file was left untouched; {advice}.",
         path=path,
     )
