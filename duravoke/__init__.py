@@ -29,6 +29,8 @@ from ._info import get_workflow as get_workflow
 from ._info import list_workflows as list_workflows
 from ._memory import InMemoryKKV as InMemoryKKV
 from ._open import open_store as open_store
+from ._salvage import SalvageReport as SalvageReport
+from ._salvage import salvage as salvage
 from ._serializer import JSONSerializer as JSONSerializer
 from ._serializer import PickleSerializer as PickleSerializer
 from ._serializer import Serializer as Serializer
@@ -54,6 +56,7 @@ __all__ = [
     "PersistedKKV",
     "PickleSerializer",
     "PostgresStore",
+    "SalvageReport",
     "SerializationError",
     "Serializer",
     "StepInfo",
@@ -72,6 +75,7 @@ __all__ = [
     "idempotency_key",
     "list_workflows",
     "open_store",
+    "salvage",
     "throwaway_store",
     "workflow",
 ]

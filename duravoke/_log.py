@@ -54,6 +54,7 @@ __all__ = [
     "View",
     "check_header",
     "encode_frame",
+    "frame_at",
     "read_frames",
 ]
 
@@ -94,7 +95,7 @@ def read_frames(
     position = start
     size = len(data)
     while position < size and data[position] != 0:
-        payload = _frame_at(data, position)
+        payload = frame_at(data, position)
         if payload is None:
             if _intact_frame_after(data, position + 1):
                 raise CorruptStateError(
@@ -135,7 +136,8 @@ def check_header(payload: bytes, path: str) -> None:
         )
 
 
-def _frame_at(data: bytes, position: int) -> bytes | None:
+def frame_at(data: bytes, position: int) -> bytes | None:
+    """The payload of the intact frame at ``position`` of ``data``, or None."""
     head = data[position : position + _HEADER]
     if len(head) < _HEADER or head[:1] != b"#" or head[9:10] != b" " or head[18:] != b"\n":
         return None
@@ -154,7 +156,7 @@ def _intact_frame_after(data: bytes, position: int) -> bool:
         position = data.find(b"#", position)
         if position < 0:
             return False
-        if _frame_at(data, position) is not None:
+        if frame_at(data, position) is not None:
             return True
         position += 1
 
@@ -292,7 +294,7 @@ class Log:
             data = data_of.get(number)
             if data is None:
                 data = data_of[number] = _read(segment.path)
-            payload = _frame_at(data, offset)
+            payload = frame_at(data, offset)
             if payload is None:  # pragma: no cover - the view only lists intact frames
                 continue
             for wid, record in decode_entries(payload, str(segment.path)):
