@@ -1,7 +1,9 @@
 """Store safety: where state lives, how it is written, who may read it, and damage.
 
 Writes are observed for real (strace on a subprocess, when strace is available), files
-are damaged for real, and every claim is checked on the bytes left on disk.
+are damaged for real, and every claim is checked on the bytes left on disk. The file
+stores keep one store-wide log (``log/log.NNNNNNNN`` segments of checksummed frames) and
+snapshots that checkpoints fold the log into; the README documents both.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ with d.workflow(wid):
     for i in range(int(n)):
         step(i)
     if mode == "crash":
-        # Die with the journal in place, as a killed process would.
+        # Die with its frames in the log, unfolded, as a killed process would.
         os._exit(1)
 """
 
@@ -123,13 +125,58 @@ def walk(root: Path) -> set[Path]:
     return {Path(dirpath) / name for dirpath, dirs, files in os.walk(root) for name in dirs + files}
 
 
-def crc_line_ok(line: bytes) -> bool:
-    """Whether a journal line is intact: ``<8 hex crc32> <compact JSON>`` (documented)."""
-    m = re.fullmatch(rb"([0-9a-f]{8}) (.*)", line, re.DOTALL)
-    if m is None or int(m.group(1), 16) != zlib.crc32(m.group(2)):
-        return False
-    json.loads(m.group(2))
-    return True
+def log_folder(kind: str, path: Path) -> Path:
+    """The store-wide log's folder of a store of ``kind`` at ``path`` (documented layout)."""
+    return path / "log" if kind == "directory" else path.with_name(path.name + ".d") / "log"
+
+
+SEGMENT = re.compile(r"log\.\d{8}")
+
+
+def segments(log: Path) -> list[Path]:
+    """The log's segment files, oldest first."""
+    return sorted(p for p in log.iterdir() if SEGMENT.fullmatch(p.name))
+
+
+FRAME_HEAD = re.compile(rb"#([0-9a-f]{8}) ([0-9a-f]{8})\n")
+
+
+def parse_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The intact frames at the start of a segment, [(offset, payload)], and what follows.
+
+    Written from the documented format (``#<len hex8> <crc hex8>\\n`` then the payload),
+    independently of the library's reader.
+    """
+    frames = []
+    position = 0
+    while True:
+        head = FRAME_HEAD.match(data, position)
+        if head is None:
+            break
+        length, crc = int(head.group(1), 16), int(head.group(2), 16)
+        payload = data[head.end() : head.end() + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        frames.append((position, payload))
+        position = head.end() + length
+    return frames, data[position:]
+
+
+def frame_entries(payload: bytes) -> list[Any]:
+    """The ``[workflow id, record]`` lines of a frame."""
+    return [json.loads(line) for line in payload.splitlines()]
+
+
+def assert_clean_segment(path: Path) -> list[tuple[int, bytes]]:
+    """A segment holds a header frame, intact frames, then zeros only; return its frames."""
+    frames, rest = parse_frames(path.read_bytes())
+    assert frames, f"{path} has no intact header"
+    header = json.loads(frames[0][1])
+    assert header == {"format": "duravoke-log", "version": 1, "segment": int(path.name[4:])}
+    assert not rest.strip(b"\0"), f"{path}: bytes other than zeros after its frames"
+    for _, payload in frames[1:]:
+        assert all(isinstance(w, str) and isinstance(r, dict) for w, r in frame_entries(payload))
+    return frames
 
 
 def completed_results(state: dict[str, Any]) -> dict[int, Any]:
@@ -172,6 +219,8 @@ def test_duravoke_home_holds_the_module_level_state(
     created = walk(tmp_path) - before
     assert created, "the module-level calls wrote nothing"
     assert all(duravoke_home in p.parents or p == duravoke_home for p in created), created
+    assert segments(duravoke_home / "log")  # the steps are in the log until a checkpoint
+    duravoke.default_instance().store.checkpoint()
     states = [json.loads(p.read_text()) for p in duravoke_home.glob("*.json")]
     ids = {wid for doc in states for wid in doc["workflows"]}
     assert "safety-home" in ids
@@ -187,6 +236,8 @@ def test_duravoke_home_holds_the_module_level_state(
     monkeypatch.setenv("DURAVOKE_HOME", str(other))
     assert greet("ada") == "hello ada"
     assert calls == ["ada", "bob", "ada"]
+    assert segments(other / "log")
+    duravoke.default_instance().store.checkpoint()
     assert list(other.glob("*.json"))
 
 
@@ -243,101 +294,129 @@ def _pwrite(raw: str) -> tuple[int, int, bool]:
     return int(m.group(2)), int(m.group(3)), raw.split('>, "', 1)[1].startswith("\\0")
 
 
-def check_atomic_writes(events: list[dict[str, Any]], root: Path) -> dict[str, int]:
-    """Assert the write discipline of section 7 on one traced run; count what was seen."""
+def check_log_discipline(
+    events: list[dict[str, Any]], root: Path, ends: dict[str, list[int]]
+) -> dict[str, int]:
+    """Assert the write discipline of section 7 on one traced run; count what was seen.
+
+    ``ends`` carries [end of frames, end of file] of each segment from one run (process)
+    to the next, so that append-only is checked across processes too.
+    """
     inside = str(root) + os.sep
-    seen = {"replaces": 0, "journal_opens": 0, "journal_writes": 0}
-    journal_ends: dict[str, list[int]] = {}
+    seen = dict.fromkeys(
+        ["snapshots", "indexes", "segments_created", "frames", "segments_deleted"], 0
+    )
     writing = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"}
+    index_durable = False  # a new index, and its folder's fsync, happened in this run
     for i, ev in enumerate(events):
         paths = [ev.get("path"), ev.get("src"), ev.get("dst")]
         if not any(p and p.startswith(inside) for p in paths):
             continue
         call, path = ev["call"], ev.get("path") or ""
+        name = os.path.basename(path)
+        later = events[i + 1 :]
         assert call not in ("truncate", "ftruncate"), f"truncated in place: {ev['raw']}"
         if call in ("openat", "open", "creat") and ev["flags"] & writing:
-            if path.endswith(".lock"):
+            if name == "lock" or name.endswith(".lock"):
                 continue
             assert "O_TRUNC" not in ev["flags"], f"opened with O_TRUNC: {ev['raw']}"
-            if path.endswith(".journal"):
+            if SEGMENT.fullmatch(name):
                 # Created fresh (O_EXCL) or reopened as it is; never truncated.
-                assert "O_CREAT" not in ev["flags"] or "O_EXCL" in ev["flags"], ev["raw"]
-                seen["journal_opens"] += 1
+                if "O_CREAT" in ev["flags"]:
+                    assert "O_EXCL" in ev["flags"], ev["raw"]
+                    assert path not in ends, f"a segment name used twice: {ev['raw']}"
+                    ends[path] = [0, 0]
+                    seen["segments_created"] += 1
+                    # Its name is durable before any frame in it is acknowledged.
+                    folder = os.path.dirname(path)
+                    assert any(
+                        e["call"] == "fsync" and e.get("path") == folder for e in later
+                    ), f"segment created without a folder fsync: {ev['raw']}"
             else:
-                assert path.endswith(".tmp"), f"opened for writing in place: {ev['raw']}"
+                assert name.endswith(".tmp"), f"opened for writing in place: {ev['raw']}"
                 assert {"O_CREAT", "O_EXCL"} <= ev["flags"], ev["raw"]
         if call in ("unlink", "unlinkat"):
-            assert not path.endswith(".json"), f"state file deleted: {ev['raw']}"
-        if call in ("write", "pwrite64") and path.endswith(".journal"):
-            assert call == "pwrite64", f"journal written at an implicit offset: {ev['raw']}"
+            assert not name.endswith(".json"), f"state file or index deleted: {ev['raw']}"
+            if SEGMENT.fullmatch(name):
+                # Only segments that a durable index says are folded into the snapshots.
+                assert index_durable, f"segment deleted before the index covered it: {ev['raw']}"
+                seen["segments_deleted"] += 1
+        if call in ("write", "pwrite64") and SEGMENT.fullmatch(name):
+            assert call == "pwrite64", f"log written at an implicit offset: {ev['raw']}"
             offset, length, zeros = _pwrite(ev["raw"])
-            ends = journal_ends.setdefault(path, [0, 0])  # [end of records, end of file]
+            end = ends.setdefault(path, [0, 0])
             if zeros:
-                # Growing the file ahead of the records: only ever into new space.
-                assert offset >= ends[1], f"zeros written over the journal: {ev['raw']}"
-                ends[1] = offset + length
+                # Growing the file ahead of the frames: only ever into new space.
+                assert offset >= end[1], f"zeros written over the segment: {ev['raw']}"
+                end[1] = max(end[1], offset + length)
                 continue
-            # Append-only: a record never lands on an earlier one.
-            assert offset >= ends[0], f"journal record overwritten: {ev['raw']}"
-            ends[0] = offset + length
-            ends[1] = max(ends[1], ends[0])
-            seen["journal_writes"] += 1
+            # Append-only: a frame never lands on an earlier one.
+            assert offset >= end[0], f"frame overwritten: {ev['raw']}"
+            end[0] = offset + length
+            end[1] = max(end[1], end[0])
+            seen["frames"] += 1
             # Durable when the call returns: fsync before the next write or exit.
-            nxt = next(
-                (e for e in events[i + 1 :] if e.get("path") == path and e["call"] != "openat"),
-                None,
-            )
-            assert nxt is not None, f"journal write never fsynced: {ev['raw']}"
-            assert nxt["call"] in ("fsync", "fdatasync"), f"write not fsynced: {ev['raw']}"
+            nxt = next((e for e in later if e.get("path") == path and e["call"] != "openat"), None)
+            assert nxt is not None, f"frame never fsynced: {ev['raw']}"
+            assert nxt["call"] in ("fsync", "fdatasync"), f"frame not fsynced: {ev['raw']}"
         if call.startswith("rename"):
             src, dst = ev["src"], ev["dst"]
             assert dst.endswith(".json"), ev["raw"]
             assert src.endswith(".tmp"), ev["raw"]
-            assert os.path.dirname(src) == os.path.dirname(dst), "temp file in another folder"
+            folder = os.path.dirname(dst)
+            assert os.path.dirname(src) == folder, "temp file in another folder"
             on_src = [e for e in events[:i] if e.get("path") == src]
             writes = [k for k, e in enumerate(on_src) if e["call"] in ("write", "pwrite64")]
             syncs = [k for k, e in enumerate(on_src) if e["call"] in ("fsync", "fdatasync")]
             assert writes, f"nothing written to {src} before the rename"
             assert syncs, f"{src} never fsynced"
             assert syncs[-1] > writes[-1], f"{src} not fsynced after its last write"
-            folder = os.path.dirname(dst)
-            later = events[i + 1 :]
             dir_sync = next(
                 (k for k, e in enumerate(later) if e["call"] == "fsync" and e["path"] == folder),
                 None,
             )
             assert dir_sync is not None, f"folder not fsynced after {ev['raw']}"
-            # Nothing else changes in the store (the journal's removal above all)
-            # before the rename is durable.
+            # Nothing else changes the store before the rename is durable: no deletion (of
+            # a folded segment above all), no replace in another folder (the index, which
+            # must never cover snapshots that a power cut could still take away).
             for e in later[:dir_sync]:
                 touched = [e.get("path"), e.get("src")]
                 if any(p and p.startswith(inside) for p in touched):
-                    assert not e["call"].startswith(("rename", "unlink", "write")), (
-                        f"{e['raw']} before the folder fsync"
-                    )
-            seen["replaces"] += 1
+                    assert not e["call"].startswith("unlink"), f"{e['raw']} before the fsync"
+                    if e["call"].startswith("rename"):
+                        assert os.path.dirname(e["dst"]) == folder, f"{e['raw']} before the fsync"
+            if os.path.basename(dst) == "index.json":
+                seen["indexes"] += 1
+                index_durable = True
+            else:
+                seen["snapshots"] += 1
     return seen
 
 
 @pytest.mark.parametrize("kind", ["directory", "kkv"])
-def test_writes_are_atomic_and_journal_append_only_under_strace(tmp_path: Path, kind: str) -> None:
+def test_writes_are_atomic_and_the_log_append_only_under_strace(tmp_path: Path, kind: str) -> None:
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (apt-get install -y strace)")
     path = store_path(kind, tmp_path)
     root = path if kind == "directory" else path.parent
     runs = [("w", 3, "ok"), ("w", 5, "crash"), ("w", 6, "ok"), ("w2", 2, "ok")]
     seen = []
+    ends: dict[str, list[int]] = {}
     for n, (wid, steps, mode) in enumerate(runs):
         trace = tmp_path / f"trace{n}.txt"
         run_worker(tmp_path, kind, path, wid, steps, mode, trace=trace)
-        seen.append(check_atomic_writes(parse_strace(trace, tmp_path), root))
-    # Non-vacuous: each finished run replaced its state file once, atomically; the
-    # crashed one replaced nothing (the run after it writes on into its journal); every
-    # run appended to a journal (a new one has a header line; steps recorded together
-    # may share one write).
-    assert [s["replaces"] for s in seen] == [1, 0, 1, 1], seen
-    assert [s["journal_opens"] for s in seen] == [1, 1, 1, 1], seen
-    assert all(s["journal_writes"] >= 1 for s in seen), seen
+        seen.append(check_log_discipline(parse_strace(trace, tmp_path), root, ends))
+    # Non-vacuous: every run appended frames (steps recorded together may share one).
+    # A run that ends folds the log at exit (a checkpoint): its snapshot and the index
+    # replaced once each, atomically, a new segment started, the folded one deleted.
+    # The crashed run replaced nothing: the run after it folds its frames.
+    assert all(s["frames"] >= 1 for s in seen), seen
+    assert [s["snapshots"] for s in seen] == [1, 0, 1, 1], seen
+    assert [s["indexes"] for s in seen] == [1, 0, 1, 1], seen
+    assert [s["segments_created"] for s in seen] == [2, 0, 1, 1], seen
+    assert [s["segments_deleted"] for s in seen] == [1, 0, 1, 1], seen
+    for segment in segments(log_folder(kind, path)):
+        assert_clean_segment(segment)
     assert completed_results(open_kind(kind, path).read("w") or {}) == {
         i: expected(i) for i in range(6)
     }
@@ -364,17 +443,21 @@ def test_created_folders_are_0700_and_files_0600(tmp_path: Path, kind: str, umas
         step = make_step(d, calls)
         with d.workflow("perm"):
             step(0)
-            during = modes(top)  # the journal exists while the run goes on
+            during = modes(top)  # the log holds the steps while the run goes on
         with d.workflow("perm2"):
             step(1)
+        d.store.checkpoint()  # snapshots, the index, a new segment: under the umask too
     finally:
         os.umask(old)
     after = modes(top)
-    journals = [p for p in during if p.suffix == ".journal"]
-    assert journals, during
+    log = log_folder(kind, path)
+    assert log in during, during
+    assert [p for p in during if SEGMENT.fullmatch(p.name)], during
+    assert log / "lock" in during, during
     names = {p.name for p in after}
-    assert sum(n.endswith(".lock") for n in names) >= 2, names
-    assert any(n.endswith(".json") for n in names), names
+    assert {"index.json", "checkpoint.lock"} <= names, names
+    assert sum(n.endswith(".lock") for n in names) >= 3, names
+    assert sum(n.endswith(".json") for n in names) >= 2, names  # a snapshot and the index
     for p, mode in {**during, **after}.items():
         want = 0o700 if p.is_dir() else 0o600
         assert mode == want, f"{p} is {oct(mode)}, want {oct(want)} (umask {oct(umask)})"
@@ -393,6 +476,7 @@ def test_an_existing_folder_keeps_its_mode(tmp_path: Path, kind: str, umask: int
         d = duravoke.Duravoke(open_kind(kind, path))
         with d.workflow("keep"):
             make_step(d, [])(0)
+        d.store.checkpoint()
     finally:
         os.umask(old)
     assert stat.S_IMODE(mine.stat().st_mode) == 0o755
@@ -454,6 +538,7 @@ def test_hostile_workflow_ids_stay_inside_and_apart(
         calls.append((current[0], i))
         return {"wid": current[0], "i": i}
 
+    log = log_folder(kind, path)
     before_all = walk(tmp_path)
     for wid in ids:
         before = walk(tmp_path)
@@ -462,10 +547,22 @@ def test_hostile_workflow_ids_stay_inside_and_apart(
             assert step(0) == {"wid": wid, "i": 0}
             assert step(1) == {"wid": wid, "i": 1}
         new = walk(tmp_path) - before - {root}
-        # Only new files of its own: none shared with an earlier id.
-        own = {p for p in new if p.name not in ("state.json", "state.json.d", "store.lock")}
-        assert len(own) == (2 if kind == "directory" else 1), (wid[:50], own)
+        # Only new files of its own (its lock file): none shared with an earlier id. The
+        # log, shared by every workflow, is the store's.
+        own = {
+            p
+            for p in new
+            if p.name not in ("state.json", "state.json.d") and log not in (p, *p.parents)
+        }
+        assert len(own) == 1, (wid[:50], own)
         assert all(root in p.parents for p in new), (wid[:50], new)
+    before = walk(tmp_path)
+    d.store.checkpoint()
+    snapshots = walk(tmp_path) - before
+    # A checkpoint writes each id's own state file (or the one shared file).
+    if kind == "directory":
+        own_files = [p for p in snapshots if p.suffix == ".json" and p.parent == root]
+        assert len(own_files) == len(ids), snapshots
     created = walk(tmp_path) - before_all
     assert all(root in p.parents or p == root for p in created), created
     assert not [p for p in created if p.suffix in (".tmp", ".journal")]
