@@ -252,7 +252,12 @@ class _FileStore(Store):
         for path in self._folder().glob("*.journal"):
             workflow_id = _legacy_journal_id(path)
             if workflow_id is not None:
-                state = self._base_state(workflow_id)
+                try:
+                    state = self._base_state(workflow_id)
+                except CorruptStateError:
+                    # That workflow's own loads report it; the others must keep working.
+                    logger.warning("skipping unreadable journal %s", path)
+                    continue
                 if state is not None:
                     states[workflow_id] = state
         seqs = {

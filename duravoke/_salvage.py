@@ -17,6 +17,7 @@ the journal is moved aside.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -160,7 +161,7 @@ def _salvage_log(store: _FileStore) -> tuple[int, int, list[str], str] | None:
         return None
     checkpoint = filelock.FileLock(log.folder / "checkpoint.lock", mode=0o600, thread_local=False)
     with checkpoint, log._lock, log._guard:
-        covers = store._index()[0]
+        covers = _covers(store)
         numbers = [n for n in log.segment_numbers() if n > covers]
         damaged_from = None
         for number in numbers:
@@ -211,6 +212,15 @@ def _salvage_log(store: _FileStore) -> tuple[int, int, list[str], str] | None:
         fsync_folder(log.folder)
         log.reset()
     return kept, unreadable, asides, str(fresh)
+
+
+def _covers(store: _FileStore) -> int:
+    """The segments the index says are folded (0 without a readable index: copying a
+    folded segment again is harmless, records apply twice to the same effect)."""
+    try:
+        return int(json.loads(read_bytes(store._index_path()) or b"")["covers"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def _intact_frames(data: bytes, path: str) -> tuple[list[bytes], int, bool]:
