@@ -383,7 +383,9 @@ class _FileLease(Lease):
 
     def load(self) -> State:
         self._log = self._store.log()
-        return self._store.read(self.workflow_id) or new_state()
+        state = self._store.read(self.workflow_id) or new_state()
+        self._log.make_durable()  # before any of it is replayed
+        return state
 
     def append(self, records: Sequence[Record]) -> None:
         self.enqueue(records).wait()

@@ -188,6 +188,7 @@ class _Segment:
     end: int = 0  # where the frames read so far end
     frames: int = 0
     torn: bool = False  # bytes other than zeros follow the last intact frame
+    synced: int = 0  # how far this process knows the segment to be durable
 
 
 @dataclass
@@ -272,6 +273,28 @@ class Log:
                 self._view = View(covers=covers, summaries=summaries, seqs=seqs)
             self._catch_up(self._view)
             return self._view
+
+    def make_durable(self) -> None:
+        """Make durable every frame the view holds, before a run relies on them.
+
+        Another process may have written a frame and died before its fsync: its steps
+        would replay from the page cache, and a power cut could then take them back
+        after their results were returned. Costs nothing when this process wrote (and
+        synced) the frames itself.
+        """
+        if not self.sync:
+            return
+        with self._guard:
+            view = self.view()
+            pending = [(s, s.end) for s in view.segments.values() if s.end > s.synced]
+        for segment, end in pending:
+            with contextlib.suppress(FileNotFoundError):  # folded and deleted meanwhile
+                fd = os.open(segment.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                segment.synced = max(segment.synced, end)
 
     def reset(self) -> None:
         """Forget the view (after a checkpoint folded segments into the snapshots)."""
@@ -381,7 +404,7 @@ class Log:
             self._put(segment, frame)
             if self.sync:
                 os.fsync(self._fd)
-                self._synced = segment.end
+                self._synced = segment.synced = segment.end
             view.take(segment.number, offset, entries)
             segment.frames += 1
 
@@ -399,6 +422,10 @@ class Log:
         # a frame written at its start would be taken for the header.
         if segment is not None and not segment.torn and segment.frames:
             self._fd = os.open(segment.path, os.O_WRONLY)
+            if self.sync:
+                # Its creator may have been killed before making its name durable (the
+                # fsync of the folder); a power cut would then take our frames with it.
+                fsync_folder(self.folder)
             self._size = os.fstat(self._fd).st_size
             self._active, self._synced = segment, 0
             return segment
@@ -421,6 +448,7 @@ class Log:
         if self.sync:
             os.fsync(self._fd)
             fsync_folder(self.folder)
+            segment.synced = segment.end
         self._synced = segment.end
         return segment
 
