@@ -236,7 +236,9 @@ async def test_many_workflows_interleaved_survive_power_loss(tmp_path: Path, kin
     # Group commit across workflows did happen: a frame holds records of several.
     assert max(len(set(f)) for f in frames) >= 3, frames
     assert len(frames) < sum(map(len, frames)), frames
-    states = await anyio.to_thread.run_sync(lambda: explore_all(rec, kind, wids, tmp_path))
+    states = await anyio.to_thread.run_sync(
+        lambda: explore_all(rec, kind, wids, tmp_path, max_seconds=12)
+    )
     print(f"{kind}: {len(frames)} frames of {sum(map(len, frames))} records, {states} states")
 
 
