@@ -1126,3 +1126,43 @@ def test_salvage_of_a_journal_of_duravoke_0_2_damaged_in_the_middle(tmp_path: Pa
 def _stem(wid: str) -> str:
     """A workflow's file name stem (documented: a safe prefix, then a hash of the id)."""
     return f"{wid}.{id_hash(wid)}"
+
+
+def test_salvage_of_a_shared_file_store_keeps_the_order_of_later_segments(
+    tmp_path: Path,
+) -> None:
+    # Damage in an older segment of a PersistedKKV's log, with a newer segment after it:
+    # the newer one's frames are copied after the salvaged ones, in order, and moved
+    # aside too (never deleted), so that nothing is applied twice or out of order.
+    path = tmp_path / "kkv" / "state.json"
+    log = log_folder("kkv", path)
+    run_worker(tmp_path, "kkv", path, "w", 3, "crash")
+    (first,) = segments(log)
+    data = first.read_bytes().rstrip(b"\0")
+    bounds = frame_bounds(data)
+    # A torn end (so the next process starts a new segment), then the next process.
+    first.write_bytes(data + data[bounds[-1][0] : bounds[-1][0] + 30])
+    run_worker(tmp_path, "kkv", path, "w2", 2, "crash")
+    second = segments(log)[1]
+    damaged = _flip_in_frame(first.read_bytes(), 2)  # [header, [running, 0], [1], [2]]
+    first.write_bytes(damaged)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        duravoke.PersistedKKV(path).read("w2")
+    assert f"`duravoke salvage --store {path}`" in str(info.value)
+    copied = second.read_bytes()
+
+    report = duravoke.salvage(str(path))
+    assert report.kept == 2 + 1 + 3  # [running, 0] and [2] of w; w2's running and steps
+    assert sorted(Path(p).name.split("-")[0] for p in report.moved) == [
+        f"{first.name}.damaged",
+        f"{second.name}.copied",
+    ]
+    moved = {Path(p).name.split(".")[2].split("-")[0]: Path(p) for p in report.moved}
+    assert moved["damaged"].read_bytes() == damaged
+    assert moved["copied"].read_bytes() == copied
+    assert report.segment is not None
+    assert [Path(report.segment)] == segments(log)
+    assert_clean_segment(Path(report.segment))
+    store = duravoke.PersistedKKV(path)
+    assert set(completed_results(store.read("w") or {})) == {0, 2}
+    assert completed_results(store.read("w2") or {}) == {0: expected(0), 1: expected(1)}
