@@ -159,7 +159,7 @@ def damages(draw: st.DrawFn, sizes: dict[str, int], edges: list[int]) -> list[tu
     The segment is the likelier target: any damage to the state file is refused,
     while damage to the log exercises every prefix length.
     """
-    ops = []
+    ops: list[tuple[str, str, Any]] = []
     for _ in range(draw(st.integers(1, 3))):
         target = draw(st.sampled_from([SEGMENT, SEGMENT, SEGMENT, ".json"]))
         if draw(st.booleans()):
