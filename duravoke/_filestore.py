@@ -305,7 +305,7 @@ class _FileStore(Store):
                 if offset == 0:
                     check_header(payload, str(path))
                     continue
-                for workflow_id, record in decode_entries(payload, str(path)):
+                for workflow_id, record in decode_entries(payload, str(path), log.salvage):
                     _collect(touched, forgotten, workflow_id, record)
         states: dict[str, State | None] = {}
         for workflow_id, records in touched.items():

@@ -161,21 +161,23 @@ def _intact_frame_after(data: bytes, position: int) -> bool:
         position += 1
 
 
-def decode_entries(payload: bytes, path: str) -> Iterator[Entry]:
-    """The entries of one frame's payload."""
+def decode_entries(payload: bytes, path: str, salvage: str = "duravoke salvage") -> Iterator[Entry]:
+    """The entries of one frame's payload (``salvage``: the command errors advise)."""
     for line in payload.splitlines():
         try:
             workflow_id, record = json.loads(line)
         except ValueError:
             raise CorruptStateError(
                 f"cannot load {path}: a checksummed record is not JSON (was it written by"
-                " another program?). The file was left untouched.",
+                f" another program?). The file was left untouched; `{salvage}` keeps every"
+                " other frame and moves the file aside (nothing is deleted).",
                 path=path,
             ) from None
         if not isinstance(workflow_id, str) or not isinstance(record, dict):
             raise CorruptStateError(
                 f"cannot load {path}: a record has an unexpected shape. The file was left"
-                " untouched.",
+                f" untouched; `{salvage}` keeps every other frame and moves the file aside"
+                " (nothing is deleted).",
                 path=path,
             )
         yield workflow_id, record
@@ -320,7 +322,7 @@ class Log:
             payload = frame_at(data, offset)
             if payload is None:  # pragma: no cover - the view only lists intact frames
                 continue
-            for wid, record in decode_entries(payload, str(segment.path)):
+            for wid, record in decode_entries(payload, str(segment.path), self.salvage):
                 if wid != workflow_id:
                     continue
                 if record.get("forget"):
@@ -353,7 +355,11 @@ class Log:
                 if offset == 0 and segment.end == 0:
                     check_header(payload, str(segment.path))
                     continue
-                view.take(number, segment.end + offset, decode_entries(payload, str(segment.path)))
+                view.take(
+                    number,
+                    segment.end + offset,
+                    decode_entries(payload, str(segment.path), self.salvage),
+                )
             segment.frames += len(frames)
             segment.end += end
         for number in [n for n in view.segments if n <= view.covers]:

@@ -1166,3 +1166,31 @@ def test_salvage_of_a_shared_file_store_keeps_the_order_of_later_segments(
     store = duravoke.PersistedKKV(path)
     assert set(completed_results(store.read("w") or {})) == {0, 2}
     assert completed_results(store.read("w2") or {}) == {0: expected(0), 1: expected(1)}
+
+
+def test_a_checksummed_frame_that_is_not_json_is_refused_and_salvaged(
+    crashed: tuple[Path, Path, Path],
+) -> None:
+    # Intact framing and checksum around something no duravoke wrote.
+    folder, _, segment = crashed
+    data = segment.read_bytes()
+    (start, end) = frame_bounds(data)[2]  # [header, [running, 2], [3], [4]]
+    alien = _frame(b"not json\n")
+    segment.write_bytes(data[:start] + alien + data[end:])
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        duravoke.DirectoryStore(folder).read("w")
+    assert info.value.path == str(segment)
+    assert f"`duravoke salvage --store {folder}`" in str(info.value)
+    report = duravoke.salvage(str(folder))
+    assert (report.kept, report.unreadable) == (3, len(alien))
+    state = duravoke.DirectoryStore(folder).read("w")
+    assert set(completed_results(state or {})) == {0, 1, 2, 4}
+    proc = subprocess.run(
+        [sys.executable, "-m", "duravoke", "salvage", "--store", str(folder)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to salvage" in proc.stdout, proc.stdout
