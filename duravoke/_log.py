@@ -14,8 +14,10 @@ whole. Within a process, records of different workflows queued at the same momen
 one frame and one fsync (group commit across workflows). Before appending, a writer
 fsyncs what another process wrote since its own last fsync, so at most one frame is ever
 unsynced: after a power cut only the last frame can be torn, and a torn last frame is
-dropped silently. Damage before an intact frame cannot come from a crash and raises
-:class:`CorruptStateError`.
+dropped silently. For the same reason a run makes the frames it is about to replay
+durable (:meth:`Log.make_durable`), and a process that reopens a segment fsyncs its
+folder (the process that created it may have died before doing so). Damage before an
+intact frame cannot come from a crash and raises :class:`CorruptStateError`.
 
 The segment grows ahead of its frames in zero-filled chunks, so that an fsync flushes
 data pages and no file-system metadata; zeros after the last frame are free space.
