@@ -48,6 +48,8 @@ from ._runner import start as start
 from ._runner import start_as as start_as
 from ._runner import start_as_async as start_as_async
 from ._runner import start_async as start_async
+from ._salvage import SalvageReport as SalvageReport
+from ._salvage import salvage as salvage
 from ._serializer import JSONSerializer as JSONSerializer
 from ._serializer import PickleSerializer as PickleSerializer
 from ._serializer import Serializer as Serializer
@@ -76,6 +78,7 @@ __all__ = [
     "PostgresStore",
     "Report",
     "Runner",
+    "SalvageReport",
     "SerializationError",
     "Serializer",
     "StepInfo",
@@ -102,6 +105,7 @@ __all__ = [
     "resume",
     "resume_async",
     "retry",
+    "salvage",
     "send",
     "send_async",
     "sleep",

@@ -182,6 +182,13 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("value", help="the value, as JSON (e.g. '{\"ok\": true}' or '42')")
     cmd.set_defaults(command=_send)
 
+    cmd = commands.add_parser(
+        "salvage",
+        parents=[common],
+        help="keep the intact records of a damaged log or journal, move the damage aside",
+    )
+    cmd.set_defaults(command=_salvage)
+
     cmd = commands.add_parser("where", parents=[common], help="print where the store is")
     cmd.set_defaults(command=_where)
 
@@ -208,6 +215,24 @@ def _count(text: str) -> int:
     if value < 0:
         raise ValueError(text)
     return value
+
+
+def _salvage(args: argparse.Namespace) -> int:
+    from ._salvage import salvage
+
+    report = salvage(_store(args))
+    if not report.moved:
+        print("nothing to salvage: the log and journals of", _safe(report.location), "read cleanly")
+        return 0
+    print(
+        f"kept {report.kept} intact record{'s' * (report.kept != 1)},"
+        f" {report.unreadable} byte{'s' * (report.unreadable != 1)} unreadable"
+    )
+    if report.segment is not None:
+        print("the intact frames are now in", _safe(report.segment))
+    for path in report.moved:
+        print("moved aside (not deleted):", _safe(path))
+    return 0
 
 
 def _store(args: argparse.Namespace) -> Store:

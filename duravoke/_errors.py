@@ -155,12 +155,26 @@ class StoreError(DuravokeError, OSError):
         self.path = None if path is None else os.fspath(path)
 
 
-def corrupt_file(path: str | os.PathLike[str], why: str) -> CorruptStateError:
-    """The error for a damaged state file: what is wrong, and what to do about it."""
+def corrupt_file(
+    path: str | os.PathLike[str], why: str, salvage: str | None = None
+) -> CorruptStateError:
+    """The error for a damaged file: what is wrong, and what to do about it.
+
+    ``salvage`` is the command that keeps the file's intact records (a log or a journal);
+    None when nothing in it can be told intact (a state file).
+    """
+    if salvage is not None:
+        advice = (
+            f"run `{salvage}`: it keeps every intact record, moves the damaged file aside"
+            " (nothing is deleted) and says how many records it kept"
+        )
+    else:
+        advice = (
+            "restore it from a backup, or `duravoke forget` the workflow to start it afresh"
+            " (that discards every step recorded for it)"
+        )
     return CorruptStateError(
-        f"cannot load {os.fspath(path)}: {why}. The file was left untouched; restore it from a"
-        " backup, or `duravoke forget` the workflow to start it afresh (that discards every"
-        " step recorded for it).",
+        f"cannot load {os.fspath(path)}: {why}. The file was left untouched; {advice}.",
         path=path,
     )
 

@@ -43,12 +43,22 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+# Folders whose name this process has made durable (see ensure_folder).
+_durable_folders: set[Path] = set()
+
+
 def ensure_folder(folder: Path) -> None:
     """Create ``folder`` (and its parents) readable by its owner only, if missing.
 
-    An existing folder keeps its permissions: it may be the user's own.
+    An existing folder keeps its permissions: it may be the user's own. Its name is made
+    durable once per process, even if it exists: a process killed between creating it
+    and the fsync of its parent leaves a name that a power cut can still take away,
+    with everything written inside it since.
     """
     if folder.is_dir():
+        if folder not in _durable_folders:
+            fsync_folder(folder.parent)
+            _durable_folders.add(folder)
         return
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     for p in reversed(missing):
@@ -57,6 +67,7 @@ def ensure_folder(folder: Path) -> None:
             # mkdir's mode is filtered by the umask; say it again to be sure.
             os.chmod(p, 0o700)
         fsync_folder(p.parent)
+    _durable_folders.add(folder)
 
 
 def atomic_write(path: Path, data: bytes, *, sync: bool = True, folder: bool = True) -> None:

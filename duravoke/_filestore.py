@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import threading
 import weakref
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ from ._files import (
 from ._groupcommit import Ticket
 from ._identity import check_workflow_id
 from ._journal import read_legacy_journal
-from ._log import Entry, Log, decode_entries, read_frames
+from ._log import Entry, Log, check_header, decode_entries, read_frames
 from ._logging import logger
 from ._snapshot import dump_snapshot, load_snapshot
 from ._state import Record, State, apply, new_state, now_iso, summarize
@@ -230,9 +231,16 @@ class _FileStore(Store):
             if log is None:
                 ensure_folder(folder)
                 log = self._logs[folder] = Log(
-                    folder, sync=self.durability == "fsync", base=self._index
+                    folder,
+                    sync=self.durability == "fsync",
+                    base=self._index,
+                    salvage=self.salvage_command(),
                 )
             return log
+
+    def salvage_command(self) -> str:
+        """The shell command that salvages this store (``duravoke salvage --store ...``)."""
+        return f"duravoke salvage --store {shlex.quote(self.location)}"
 
     def _log_entries(self, workflow_id: str) -> tuple[bool, list[Record]]:
         if not (self._folder() / "log").is_dir():
@@ -242,7 +250,9 @@ class _FileStore(Store):
     def _base_state(self, workflow_id: str) -> State | None:
         """The snapshot with an old-format journal (written by duravoke 0.2) on top."""
         state = self._read_snapshot(workflow_id)
-        records = read_legacy_journal(self._legacy_journal(workflow_id), workflow_id)
+        records = read_legacy_journal(
+            self._legacy_journal(workflow_id), workflow_id, self.salvage_command()
+        )
         if records:
             state = state or new_state()
             for record in records:
@@ -292,7 +302,12 @@ class _FileStore(Store):
         for path in self._folder().glob("*.journal"):
             workflow_id = _legacy_journal_id(path)
             if workflow_id is not None:
-                state = self._base_state(workflow_id)
+                try:
+                    state = self._base_state(workflow_id)
+                except CorruptStateError:
+                    # That workflow's own loads report it; the others must keep working.
+                    logger.warning("skipping unreadable journal %s", path)
+                    continue
                 if state is not None:
                     states[workflow_id] = state
         seqs = {
@@ -387,11 +402,12 @@ def _records_of(log: Log, numbers: list[int]) -> tuple[dict[str, list[Record]], 
     for number in numbers:
         path = log.segment_path(number)
         data = read_bytes(path) or b""
-        frames, _end, _torn = read_frames(data, 0, str(path))
+        frames, _end, _torn = read_frames(data, 0, str(path), log.salvage)
         for offset, payload in frames:
             if offset == 0:
-                continue  # the segment's header frame
-            for workflow_id, record in decode_entries(payload, str(path)):
+                check_header(payload, str(path))
+                continue
+            for workflow_id, record in decode_entries(payload, str(path), log.salvage):
                 if record.get("forget"):
                     touched[workflow_id] = []
                     forgotten.add(workflow_id)
@@ -420,7 +436,9 @@ class _FileLease(Lease):
 
     def load(self) -> State:
         self._log = self._store.log()
-        return self._store.read(self.workflow_id) or new_state()
+        state = self._store.read(self.workflow_id) or new_state()
+        self._log.make_durable()  # before any of it is replayed
+        return state
 
     def append(self, records: Sequence[Record]) -> None:
         self.enqueue(records).wait()

@@ -21,15 +21,20 @@ __all__ = ["JOURNAL_FORMAT", "parse_journal", "read_legacy_journal"]
 JOURNAL_FORMAT = "duravoke-journal"
 
 
-def read_legacy_journal(path: Path, workflow_id: str) -> list[Record]:
-    """The intact records of the journal at ``path`` (none if there is no such file)."""
+def read_legacy_journal(path: Path, workflow_id: str, salvage: str | None = None) -> list[Record]:
+    """The intact records of the journal at ``path`` (none if there is no such file).
+
+    ``salvage`` is the command that the error for a damaged journal advises.
+    """
     data = read_bytes(path)
     if data is None:
         return []
-    return parse_journal(data, str(path), workflow_id)[0]
+    return parse_journal(data, str(path), workflow_id, salvage)[0]
 
 
-def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record], bool, int]:
+def parse_journal(
+    data: bytes, path: str, workflow_id: str, salvage: str | None = None
+) -> tuple[list[Record], bool, int]:
     """Decode a journal: (its records, whether its end is torn, where its records end).
 
     The first line is a header naming the format, version and workflow; each record is
@@ -51,7 +56,7 @@ def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record
             damaged = True
             continue
         if damaged:
-            raise corrupt_file(path, "a record in the middle of it is damaged")
+            raise corrupt_file(path, "a record in the middle of it is damaged", salvage)
         records.append(record)
         end = position
     torn = damaged or bool(rest.strip(b"\0"))
@@ -62,7 +67,7 @@ def parse_journal(data: bytes, path: str, workflow_id: str) -> tuple[list[Record
     if header.get("workflow") != workflow_id:
         raise corrupt_file(path, f"it belongs to workflow {header.get('workflow')!r}")
     if not all(_valid_record(r) for r in records):
-        raise corrupt_file(path, "a record in it has an unexpected shape")
+        raise corrupt_file(path, "a record in it has an unexpected shape", salvage)
     return records, torn, end
 
 

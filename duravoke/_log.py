@@ -14,8 +14,10 @@ whole. Within a process, records of different workflows queued at the same momen
 one frame and one fsync (group commit across workflows). Before appending, a writer
 fsyncs what another process wrote since its own last fsync, so at most one frame is ever
 unsynced: after a power cut only the last frame can be torn, and a torn last frame is
-dropped silently. Damage before an intact frame cannot come from a crash and raises
-:class:`CorruptStateError`.
+dropped silently. For the same reason a run makes the frames it is about to replay
+durable (:meth:`Log.make_durable`), and a process that reopens a segment fsyncs its
+folder (the process that created it may have died before doing so). Damage before an
+intact frame cannot come from a crash and raises :class:`CorruptStateError`.
 
 The segment grows ahead of its frames in zero-filled chunks, so that an fsync flushes
 data pages and no file-system metadata; zeros after the last frame are free space.
@@ -44,7 +46,17 @@ from ._groupcommit import GroupCommit, Ticket
 from ._json import compact_bytes
 from ._state import Record, State, apply_summary, new_summary
 
-__all__ = ["LOG_FORMAT", "LOG_VERSION", "Entry", "Log", "View", "encode_frame", "read_frames"]
+__all__ = [
+    "LOG_FORMAT",
+    "LOG_VERSION",
+    "Entry",
+    "Log",
+    "View",
+    "check_header",
+    "encode_frame",
+    "frame_at",
+    "read_frames",
+]
 
 LOG_FORMAT = "duravoke-log"
 LOG_VERSION = 1
@@ -69,26 +81,31 @@ def entry_line(workflow_id: str, record: Record) -> bytes:
     return compact_bytes([workflow_id, record]) + b"\n"
 
 
-def read_frames(data: bytes, start: int, path: str) -> tuple[list[tuple[int, bytes]], int, bool]:
+def read_frames(
+    data: bytes, start: int, path: str, salvage: str = "duravoke salvage"
+) -> tuple[list[tuple[int, bytes]], int, bool]:
     """Decode the frames of ``data`` from ``start``: ([(offset, payload)], end, torn).
 
     ``end`` is where the intact frames end. Zeros after them are free space. A damaged
     frame with nothing intact after it is the torn end of an interrupted write
     (``torn``); followed by an intact frame it is real damage and raises
-    :class:`CorruptStateError`.
+    :class:`CorruptStateError`, whose message advises ``salvage`` (the exact command).
     """
     frames: list[tuple[int, bytes]] = []
     position = start
     size = len(data)
     while position < size and data[position] != 0:
-        payload = _frame_at(data, position)
+        payload = frame_at(data, position)
         if payload is None:
             if _intact_frame_after(data, position + 1):
                 raise CorruptStateError(
                     f"cannot load {path}: the frame at byte {position} is damaged and intact"
-                    " records follow it, which no crash or power cut can leave. The file was"
-                    " left untouched; `duravoke salvage` keeps every intact record before the"
-                    " damage (it discards the ones after it, and says how many).",
+                    " records follow it, which no crash or power cut can leave (a disk error or"
+                    " an edit can). The file was left untouched, and no workflow of this store"
+                    f" can be loaded until `{salvage}` is run: it copies every intact frame,"
+                    " before and after the damage, into a new segment, moves the damaged one"
+                    " aside (nothing is deleted) and says how many records it kept and how many"
+                    " bytes were unreadable.",
                     path=path,
                 )
             return frames, position, True
@@ -98,7 +115,29 @@ def read_frames(data: bytes, start: int, path: str) -> tuple[list[tuple[int, byt
     return frames, position, torn
 
 
-def _frame_at(data: bytes, position: int) -> bytes | None:
+def check_header(payload: bytes, path: str) -> None:
+    """Refuse a segment whose first frame is not a header of the format this code reads."""
+    try:
+        header = json.loads(payload)
+        fmt, version = header.get("format"), header.get("version")
+    except (ValueError, AttributeError):
+        fmt = version = None
+    if fmt != LOG_FORMAT:
+        raise CorruptStateError(
+            f"cannot load {path}: it is not a duravoke log segment (its first frame is not"
+            " a header). It was left untouched; move it out of the log folder.",
+            path=path,
+        )
+    if version != LOG_VERSION:
+        raise CorruptStateError(
+            f"{path} has log format version {version!r}, but this duravoke reads version"
+            f" {LOG_VERSION}. Upgrade duravoke to read it; the file was left untouched.",
+            path=path,
+        )
+
+
+def frame_at(data: bytes, position: int) -> bytes | None:
+    """The payload of the intact frame at ``position`` of ``data``, or None."""
     head = data[position : position + _HEADER]
     if len(head) < _HEADER or head[:1] != b"#" or head[9:10] != b" " or head[18:] != b"\n":
         return None
@@ -117,26 +156,28 @@ def _intact_frame_after(data: bytes, position: int) -> bool:
         position = data.find(b"#", position)
         if position < 0:
             return False
-        if _frame_at(data, position) is not None:
+        if frame_at(data, position) is not None:
             return True
         position += 1
 
 
-def decode_entries(payload: bytes, path: str) -> Iterator[Entry]:
-    """The entries of one frame's payload."""
+def decode_entries(payload: bytes, path: str, salvage: str = "duravoke salvage") -> Iterator[Entry]:
+    """The entries of one frame's payload (``salvage``: the command errors advise)."""
     for line in payload.splitlines():
         try:
             workflow_id, record = json.loads(line)
         except ValueError:
             raise CorruptStateError(
                 f"cannot load {path}: a checksummed record is not JSON (was it written by"
-                " another program?). The file was left untouched.",
+                f" another program?). The file was left untouched; `{salvage}` keeps every"
+                " other frame and moves the file aside (nothing is deleted).",
                 path=path,
             ) from None
         if not isinstance(workflow_id, str) or not isinstance(record, dict):
             raise CorruptStateError(
                 f"cannot load {path}: a record has an unexpected shape. The file was left"
-                " untouched.",
+                f" untouched; `{salvage}` keeps every other frame and moves the file aside"
+                " (nothing is deleted).",
                 path=path,
             )
         yield workflow_id, record
@@ -149,6 +190,7 @@ class _Segment:
     end: int = 0  # where the frames read so far end
     frames: int = 0
     torn: bool = False  # bytes other than zeros follow the last intact frame
+    synced: int = 0  # how far this process knows the segment to be durable
 
 
 @dataclass
@@ -197,6 +239,7 @@ class Log:
         folder: where the segments live.
         sync: fsync each frame (``durability="fsync"``) or not (``"flush"``).
         base: reads the snapshot side for a fresh view: (covers, summaries, seqs).
+        salvage: the command that errors about a damaged segment advise.
     """
 
     def __init__(
@@ -205,8 +248,10 @@ class Log:
         *,
         sync: bool,
         base: Callable[[], tuple[int, dict[str, State], dict[tuple[str, str], int]]],
+        salvage: str = "duravoke salvage",
     ) -> None:
         self.folder = folder
+        self.salvage = salvage
         self.sync = sync
         self._base = base
         self._lock = FileLock(folder / "lock", keep_open=True)
@@ -234,6 +279,28 @@ class Log:
             self._catch_up(self._view)
             return self._view
 
+    def make_durable(self) -> None:
+        """Make durable every frame the view holds, before a run relies on them.
+
+        Another process may have written a frame and died before its fsync: its steps
+        would replay from the page cache, and a power cut could then take them back
+        after their results were returned. Costs nothing when this process wrote (and
+        synced) the frames itself.
+        """
+        if not self.sync:
+            return
+        with self._guard:
+            view = self.view()
+            pending = [(s, s.end) for s in view.segments.values() if s.end > s.synced]
+        for segment, end in pending:
+            with contextlib.suppress(FileNotFoundError):  # folded and deleted meanwhile
+                fd = os.open(segment.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                segment.synced = max(segment.synced, end)
+
     def reset(self) -> None:
         """Forget the view (after a checkpoint folded segments into the snapshots)."""
         with self._guard:
@@ -255,10 +322,10 @@ class Log:
             data = data_of.get(number)
             if data is None:
                 data = data_of[number] = _read(segment.path)
-            payload = _frame_at(data, offset)
+            payload = frame_at(data, offset)
             if payload is None:  # pragma: no cover - the view only lists intact frames
                 continue
-            for wid, record in decode_entries(payload, str(segment.path)):
+            for wid, record in decode_entries(payload, str(segment.path), self.salvage):
                 if wid != workflow_id:
                     continue
                 if record.get("forget"):
@@ -286,11 +353,16 @@ class Log:
             data = _read_used(segment.path, segment.end)
             if not data:
                 continue
-            frames, end, segment.torn = read_frames(data, 0, str(segment.path))
+            frames, end, segment.torn = read_frames(data, 0, str(segment.path), self.salvage)
             for offset, payload in frames:
                 if offset == 0 and segment.end == 0:
-                    continue  # the segment's header frame
-                view.take(number, segment.end + offset, decode_entries(payload, str(segment.path)))
+                    check_header(payload, str(segment.path))
+                    continue
+                view.take(
+                    number,
+                    segment.end + offset,
+                    decode_entries(payload, str(segment.path), self.salvage),
+                )
             segment.frames += len(frames)
             segment.end += end
         for number in [n for n in view.segments if n <= view.covers]:
@@ -347,7 +419,7 @@ class Log:
             self._put(segment, frame)
             if self.sync:
                 os.fsync(self._fd)
-                self._synced = segment.end
+                self._synced = segment.synced = segment.end
             view.take(segment.number, offset, entries)
             segment.frames += 1
 
@@ -375,13 +447,20 @@ class Log:
         if self._fd is not None:
             os.close(self._fd)
             self._fd, self._active = None, None
-        if segment is not None and not segment.torn:
+        # A segment without its header frame is one whose creation a crash interrupted:
+        # a frame written at its start would be taken for the header.
+        if segment is not None and not segment.torn and segment.frames:
             self._fd = os.open(segment.path, os.O_RDWR)
+            if self.sync:
+                # Its creator may have been killed before making its name durable (the
+                # fsync of the folder); a power cut would then take our frames with it.
+                fsync_folder(self.folder)
             self._size = os.fstat(self._fd).st_size
             self._active, self._synced = segment, 0
             return segment
-        # None yet, or a crash tore its end: nothing is ever written after damage.
-        return self.rotate(view, newest + 1)
+        # None yet, or a crash tore its end: nothing is ever written after damage. Never a
+        # number the index covers (its segments may all be gone): it would be skipped.
+        return self.rotate(view, max(newest, view.covers) + 1)
 
     def rotate(self, view: View, number: int) -> _Segment:
         """Start segment ``number`` (the log lock is held); it becomes the active one."""
@@ -398,6 +477,7 @@ class Log:
         if self.sync:
             os.fsync(self._fd)
             fsync_folder(self.folder)
+            segment.synced = segment.end
         self._synced = segment.end
         return segment
 

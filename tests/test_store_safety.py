@@ -1,11 +1,14 @@
 """Store safety: where state lives, how it is written, who may read it, and damage.
 
 Writes are observed for real (strace on a subprocess, when strace is available), files
-are damaged for real, and every claim is checked on the bytes left on disk.
+are damaged for real, and every claim is checked on the bytes left on disk. The file
+stores keep one store-wide log (``log/log.NNNNNNNN`` segments of checksummed frames) and
+snapshots that checkpoints fold the log into; the README documents both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,7 +49,7 @@ with d.workflow(wid):
     for i in range(int(n)):
         step(i)
     if mode == "crash":
-        # Die with the journal in place, as a killed process would.
+        # Die with its frames in the log, unfolded, as a killed process would.
         os._exit(1)
 """
 
@@ -113,6 +116,12 @@ def files_of(folder: Path, wid: str, suffix: str) -> Path:
     return found
 
 
+def checkpoint(store: duravoke.Store) -> None:
+    """Fold the log of a file store into its state files and index."""
+    assert isinstance(store, duravoke.DirectoryStore | duravoke.PersistedKKV)
+    store.checkpoint()
+
+
 def fingerprint(path: Path) -> tuple[bytes, int]:
     """Content and modification time: together they show a file was not rewritten."""
     return path.read_bytes(), path.stat().st_mtime_ns
@@ -123,13 +132,58 @@ def walk(root: Path) -> set[Path]:
     return {Path(dirpath) / name for dirpath, dirs, files in os.walk(root) for name in dirs + files}
 
 
-def crc_line_ok(line: bytes) -> bool:
-    """Whether a journal line is intact: ``<8 hex crc32> <compact JSON>`` (documented)."""
-    m = re.fullmatch(rb"([0-9a-f]{8}) (.*)", line, re.DOTALL)
-    if m is None or int(m.group(1), 16) != zlib.crc32(m.group(2)):
-        return False
-    json.loads(m.group(2))
-    return True
+def log_folder(kind: str, path: Path) -> Path:
+    """The store-wide log's folder of a store of ``kind`` at ``path`` (documented layout)."""
+    return path / "log" if kind == "directory" else path.with_name(path.name + ".d") / "log"
+
+
+SEGMENT = re.compile(r"log\.\d{8}")
+
+
+def segments(log: Path) -> list[Path]:
+    """The log's segment files, oldest first."""
+    return sorted(p for p in log.iterdir() if SEGMENT.fullmatch(p.name))
+
+
+FRAME_HEAD = re.compile(rb"#([0-9a-f]{8}) ([0-9a-f]{8})\n")
+
+
+def parse_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The intact frames at the start of a segment, [(offset, payload)], and what follows.
+
+    Written from the documented format (``#<len hex8> <crc hex8>\\n`` then the payload),
+    independently of the library's reader.
+    """
+    frames = []
+    position = 0
+    while True:
+        head = FRAME_HEAD.match(data, position)
+        if head is None:
+            break
+        length, crc = int(head.group(1), 16), int(head.group(2), 16)
+        payload = data[head.end() : head.end() + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        frames.append((position, payload))
+        position = head.end() + length
+    return frames, data[position:]
+
+
+def frame_entries(payload: bytes) -> list[Any]:
+    """The ``[workflow id, record]`` lines of a frame."""
+    return [json.loads(line) for line in payload.splitlines()]
+
+
+def assert_clean_segment(path: Path) -> list[tuple[int, bytes]]:
+    """A segment holds a header frame, intact frames, then zeros only; return its frames."""
+    frames, rest = parse_frames(path.read_bytes())
+    assert frames, f"{path} has no intact header"
+    header = json.loads(frames[0][1])
+    assert header == {"format": "duravoke-log", "version": 1, "segment": int(path.name[4:])}
+    assert not rest.strip(b"\0"), f"{path}: bytes other than zeros after its frames"
+    for _, payload in frames[1:]:
+        assert all(isinstance(w, str) and isinstance(r, dict) for w, r in frame_entries(payload))
+    return frames
 
 
 def completed_results(state: dict[str, Any]) -> dict[int, Any]:
@@ -172,6 +226,8 @@ def test_duravoke_home_holds_the_module_level_state(
     created = walk(tmp_path) - before
     assert created, "the module-level calls wrote nothing"
     assert all(duravoke_home in p.parents or p == duravoke_home for p in created), created
+    assert segments(duravoke_home / "log")  # the steps are in the log until a checkpoint
+    checkpoint(duravoke.default_instance().store)
     states = [json.loads(p.read_text()) for p in duravoke_home.glob("*.json")]
     ids = {wid for doc in states for wid in doc["workflows"]}
     assert "safety-home" in ids
@@ -187,6 +243,8 @@ def test_duravoke_home_holds_the_module_level_state(
     monkeypatch.setenv("DURAVOKE_HOME", str(other))
     assert greet("ada") == "hello ada"
     assert calls == ["ada", "bob", "ada"]
+    assert segments(other / "log")
+    checkpoint(duravoke.default_instance().store)
     assert list(other.glob("*.json"))
 
 
@@ -243,101 +301,129 @@ def _pwrite(raw: str) -> tuple[int, int, bool]:
     return int(m.group(2)), int(m.group(3)), raw.split('>, "', 1)[1].startswith("\\0")
 
 
-def check_atomic_writes(events: list[dict[str, Any]], root: Path) -> dict[str, int]:
-    """Assert the write discipline of section 7 on one traced run; count what was seen."""
+def check_log_discipline(
+    events: list[dict[str, Any]], root: Path, ends: dict[str, list[int]]
+) -> dict[str, int]:
+    """Assert the write discipline of section 7 on one traced run; count what was seen.
+
+    ``ends`` carries [end of frames, end of file] of each segment from one run (process)
+    to the next, so that append-only is checked across processes too.
+    """
     inside = str(root) + os.sep
-    seen = {"replaces": 0, "journal_opens": 0, "journal_writes": 0}
-    journal_ends: dict[str, list[int]] = {}
+    seen = dict.fromkeys(
+        ["snapshots", "indexes", "segments_created", "frames", "segments_deleted"], 0
+    )
     writing = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"}
+    index_durable = False  # a new index, and its folder's fsync, happened in this run
     for i, ev in enumerate(events):
         paths = [ev.get("path"), ev.get("src"), ev.get("dst")]
         if not any(p and p.startswith(inside) for p in paths):
             continue
         call, path = ev["call"], ev.get("path") or ""
+        name = os.path.basename(path)
+        later = events[i + 1 :]
         assert call not in ("truncate", "ftruncate"), f"truncated in place: {ev['raw']}"
         if call in ("openat", "open", "creat") and ev["flags"] & writing:
-            if path.endswith(".lock"):
+            if name == "lock" or name.endswith(".lock"):
                 continue
             assert "O_TRUNC" not in ev["flags"], f"opened with O_TRUNC: {ev['raw']}"
-            if path.endswith(".journal"):
+            if SEGMENT.fullmatch(name):
                 # Created fresh (O_EXCL) or reopened as it is; never truncated.
-                assert "O_CREAT" not in ev["flags"] or "O_EXCL" in ev["flags"], ev["raw"]
-                seen["journal_opens"] += 1
+                if "O_CREAT" in ev["flags"]:
+                    assert "O_EXCL" in ev["flags"], ev["raw"]
+                    assert path not in ends, f"a segment name used twice: {ev['raw']}"
+                    ends[path] = [0, 0]
+                    seen["segments_created"] += 1
+                    # Its name is durable before any frame in it is acknowledged.
+                    folder = os.path.dirname(path)
+                    assert any(e["call"] == "fsync" and e.get("path") == folder for e in later), (
+                        f"segment created without a folder fsync: {ev['raw']}"
+                    )
             else:
-                assert path.endswith(".tmp"), f"opened for writing in place: {ev['raw']}"
+                assert name.endswith(".tmp"), f"opened for writing in place: {ev['raw']}"
                 assert {"O_CREAT", "O_EXCL"} <= ev["flags"], ev["raw"]
         if call in ("unlink", "unlinkat"):
-            assert not path.endswith(".json"), f"state file deleted: {ev['raw']}"
-        if call in ("write", "pwrite64") and path.endswith(".journal"):
-            assert call == "pwrite64", f"journal written at an implicit offset: {ev['raw']}"
+            assert not name.endswith(".json"), f"state file or index deleted: {ev['raw']}"
+            if SEGMENT.fullmatch(name):
+                # Only segments that a durable index says are folded into the snapshots.
+                assert index_durable, f"segment deleted before the index covered it: {ev['raw']}"
+                seen["segments_deleted"] += 1
+        if call in ("write", "pwrite64") and SEGMENT.fullmatch(name):
+            assert call == "pwrite64", f"log written at an implicit offset: {ev['raw']}"
             offset, length, zeros = _pwrite(ev["raw"])
-            ends = journal_ends.setdefault(path, [0, 0])  # [end of records, end of file]
+            end = ends.setdefault(path, [0, 0])
             if zeros:
-                # Growing the file ahead of the records: only ever into new space.
-                assert offset >= ends[1], f"zeros written over the journal: {ev['raw']}"
-                ends[1] = offset + length
+                # Growing the file ahead of the frames: only ever into new space.
+                assert offset >= end[1], f"zeros written over the segment: {ev['raw']}"
+                end[1] = max(end[1], offset + length)
                 continue
-            # Append-only: a record never lands on an earlier one.
-            assert offset >= ends[0], f"journal record overwritten: {ev['raw']}"
-            ends[0] = offset + length
-            ends[1] = max(ends[1], ends[0])
-            seen["journal_writes"] += 1
+            # Append-only: a frame never lands on an earlier one.
+            assert offset >= end[0], f"frame overwritten: {ev['raw']}"
+            end[0] = offset + length
+            end[1] = max(end[1], end[0])
+            seen["frames"] += 1
             # Durable when the call returns: fsync before the next write or exit.
-            nxt = next(
-                (e for e in events[i + 1 :] if e.get("path") == path and e["call"] != "openat"),
-                None,
-            )
-            assert nxt is not None, f"journal write never fsynced: {ev['raw']}"
-            assert nxt["call"] in ("fsync", "fdatasync"), f"write not fsynced: {ev['raw']}"
+            nxt = next((e for e in later if e.get("path") == path and e["call"] != "openat"), None)
+            assert nxt is not None, f"frame never fsynced: {ev['raw']}"
+            assert nxt["call"] in ("fsync", "fdatasync"), f"frame not fsynced: {ev['raw']}"
         if call.startswith("rename"):
             src, dst = ev["src"], ev["dst"]
             assert dst.endswith(".json"), ev["raw"]
             assert src.endswith(".tmp"), ev["raw"]
-            assert os.path.dirname(src) == os.path.dirname(dst), "temp file in another folder"
+            folder = os.path.dirname(dst)
+            assert os.path.dirname(src) == folder, "temp file in another folder"
             on_src = [e for e in events[:i] if e.get("path") == src]
             writes = [k for k, e in enumerate(on_src) if e["call"] in ("write", "pwrite64")]
             syncs = [k for k, e in enumerate(on_src) if e["call"] in ("fsync", "fdatasync")]
             assert writes, f"nothing written to {src} before the rename"
             assert syncs, f"{src} never fsynced"
             assert syncs[-1] > writes[-1], f"{src} not fsynced after its last write"
-            folder = os.path.dirname(dst)
-            later = events[i + 1 :]
             dir_sync = next(
                 (k for k, e in enumerate(later) if e["call"] == "fsync" and e["path"] == folder),
                 None,
             )
             assert dir_sync is not None, f"folder not fsynced after {ev['raw']}"
-            # Nothing else changes in the store (the journal's removal above all)
-            # before the rename is durable.
+            # Nothing else changes the store before the rename is durable: no deletion (of
+            # a folded segment above all), no replace in another folder (the index, which
+            # must never cover snapshots that a power cut could still take away).
             for e in later[:dir_sync]:
                 touched = [e.get("path"), e.get("src")]
                 if any(p and p.startswith(inside) for p in touched):
-                    assert not e["call"].startswith(("rename", "unlink", "write")), (
-                        f"{e['raw']} before the folder fsync"
-                    )
-            seen["replaces"] += 1
+                    assert not e["call"].startswith("unlink"), f"{e['raw']} before the fsync"
+                    if e["call"].startswith("rename"):
+                        assert os.path.dirname(e["dst"]) == folder, f"{e['raw']} before the fsync"
+            if os.path.basename(dst) == "index.json":
+                seen["indexes"] += 1
+                index_durable = True
+            else:
+                seen["snapshots"] += 1
     return seen
 
 
 @pytest.mark.parametrize("kind", ["directory", "kkv"])
-def test_writes_are_atomic_and_journal_append_only_under_strace(tmp_path: Path, kind: str) -> None:
+def test_writes_are_atomic_and_the_log_append_only_under_strace(tmp_path: Path, kind: str) -> None:
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (apt-get install -y strace)")
     path = store_path(kind, tmp_path)
     root = path if kind == "directory" else path.parent
     runs = [("w", 3, "ok"), ("w", 5, "crash"), ("w", 6, "ok"), ("w2", 2, "ok")]
     seen = []
+    ends: dict[str, list[int]] = {}
     for n, (wid, steps, mode) in enumerate(runs):
         trace = tmp_path / f"trace{n}.txt"
         run_worker(tmp_path, kind, path, wid, steps, mode, trace=trace)
-        seen.append(check_atomic_writes(parse_strace(trace, tmp_path), root))
-    # Non-vacuous: each finished run replaced its state file once, atomically; the
-    # crashed one replaced nothing (the run after it writes on into its journal); every
-    # run appended to a journal (a new one has a header line; steps recorded together
-    # may share one write).
-    assert [s["replaces"] for s in seen] == [1, 0, 1, 1], seen
-    assert [s["journal_opens"] for s in seen] == [1, 1, 1, 1], seen
-    assert all(s["journal_writes"] >= 1 for s in seen), seen
+        seen.append(check_log_discipline(parse_strace(trace, tmp_path), root, ends))
+    # Non-vacuous: every run appended frames (steps recorded together may share one).
+    # A run that ends folds the log at exit (a checkpoint): its snapshot and the index
+    # replaced once each, atomically, a new segment started, the folded one deleted.
+    # The crashed run replaced nothing: the run after it folds its frames.
+    assert all(s["frames"] >= 1 for s in seen), seen
+    assert [s["snapshots"] for s in seen] == [1, 0, 1, 1], seen
+    assert [s["indexes"] for s in seen] == [1, 0, 1, 1], seen
+    assert [s["segments_created"] for s in seen] == [2, 0, 1, 1], seen
+    assert [s["segments_deleted"] for s in seen] == [1, 0, 1, 1], seen
+    for segment in segments(log_folder(kind, path)):
+        assert_clean_segment(segment)
     assert completed_results(open_kind(kind, path).read("w") or {}) == {
         i: expected(i) for i in range(6)
     }
@@ -364,17 +450,21 @@ def test_created_folders_are_0700_and_files_0600(tmp_path: Path, kind: str, umas
         step = make_step(d, calls)
         with d.workflow("perm"):
             step(0)
-            during = modes(top)  # the journal exists while the run goes on
+            during = modes(top)  # the log holds the steps while the run goes on
         with d.workflow("perm2"):
             step(1)
+        checkpoint(d.store)  # snapshots, the index, a new segment: under the umask too
     finally:
         os.umask(old)
     after = modes(top)
-    journals = [p for p in during if p.suffix == ".journal"]
-    assert journals, during
+    log = log_folder(kind, path)
+    assert log in during, during
+    assert [p for p in during if SEGMENT.fullmatch(p.name)], during
+    assert log / "lock" in during, during
     names = {p.name for p in after}
-    assert sum(n.endswith(".lock") for n in names) >= 2, names
-    assert any(n.endswith(".json") for n in names), names
+    assert {"index.json", "checkpoint.lock"} <= names, names
+    assert sum(n.endswith(".lock") for n in names) >= 3, names
+    assert sum(n.endswith(".json") for n in names) >= 2, names  # a snapshot and the index
     for p, mode in {**during, **after}.items():
         want = 0o700 if p.is_dir() else 0o600
         assert mode == want, f"{p} is {oct(mode)}, want {oct(want)} (umask {oct(umask)})"
@@ -393,6 +483,7 @@ def test_an_existing_folder_keeps_its_mode(tmp_path: Path, kind: str, umask: int
         d = duravoke.Duravoke(open_kind(kind, path))
         with d.workflow("keep"):
             make_step(d, [])(0)
+        checkpoint(d.store)
     finally:
         os.umask(old)
     assert stat.S_IMODE(mine.stat().st_mode) == 0o755
@@ -454,6 +545,7 @@ def test_hostile_workflow_ids_stay_inside_and_apart(
         calls.append((current[0], i))
         return {"wid": current[0], "i": i}
 
+    log = log_folder(kind, path)
     before_all = walk(tmp_path)
     for wid in ids:
         before = walk(tmp_path)
@@ -462,10 +554,22 @@ def test_hostile_workflow_ids_stay_inside_and_apart(
             assert step(0) == {"wid": wid, "i": 0}
             assert step(1) == {"wid": wid, "i": 1}
         new = walk(tmp_path) - before - {root}
-        # Only new files of its own: none shared with an earlier id.
-        own = {p for p in new if p.name not in ("state.json", "state.json.d", "store.lock")}
-        assert len(own) == (2 if kind == "directory" else 1), (wid[:50], own)
+        # Only new files of its own (its lock file): none shared with an earlier id. The
+        # log, shared by every workflow, is the store's.
+        own = {
+            p
+            for p in new
+            if p.name not in ("state.json", "state.json.d") and log not in (p, *p.parents)
+        }
+        assert len(own) == 1, (wid[:50], own)
         assert all(root in p.parents for p in new), (wid[:50], new)
+    before = walk(tmp_path)
+    checkpoint(d.store)
+    snapshots = walk(tmp_path) - before
+    # A checkpoint writes each id's own state file (or the one shared file).
+    if kind == "directory":
+        own_files = [p for p in snapshots if p.suffix == ".json" and p.parent == root]
+        assert len(own_files) == len(ids), snapshots
     created = walk(tmp_path) - before_all
     assert all(root in p.parents or p == root for p in created), created
     assert not [p for p in created if p.suffix in (".tmp", ".journal")]
@@ -568,6 +672,7 @@ def test_a_damaged_state_file_is_reported_and_left_untouched(tmp_path: Path, dam
         [step(i) for i in range(3)]
     with d.workflow("other"):
         [step(i) for i in range(2)]
+    checkpoint(d.store)  # into the state files
     victim = files_of(folder, "victim", ".json")
     victim.write_bytes(DAMAGE[damage](victim.read_bytes()))
     print_ = fingerprint(victim)
@@ -599,6 +704,9 @@ def test_a_damaged_state_file_is_reported_and_left_untouched(tmp_path: Path, dam
         assert step2(5) == expected(5)
     assert calls == [5]
     assert set(store.workflow_ids()) >= {"other", "fresh"}
+    # A checkpoint folds the others' records and never touches the damaged file.
+    store.checkpoint()
+    assert files_of(folder, "fresh", ".json").exists()
     assert fingerprint(victim) == print_
 
 
@@ -612,6 +720,7 @@ def test_a_state_file_of_another_workflow_is_reported_and_left_untouched(
     for wid in ("victim", "other"):
         with d.workflow(wid):
             step(0)
+    checkpoint(d.store)
     victim = files_of(folder, "victim", ".json")
     shutil.copyfile(files_of(folder, "other", ".json"), victim)
     print_ = fingerprint(victim)
@@ -634,6 +743,7 @@ def test_a_damaged_shared_file_is_never_overwritten(tmp_path: Path, damage: str)
     for wid in ("victim", "other"):
         with d.workflow(wid):
             step(0)
+    checkpoint(d.store)
     path.write_bytes(DAMAGE[damage](path.read_bytes()))
     print_ = fingerprint(path)
 
@@ -646,81 +756,165 @@ def test_a_damaged_shared_file_is_never_overwritten(tmp_path: Path, damage: str)
             with d2.workflow(wid):
                 step2(1)
         assert_corrupt_error(info.value, path)
+    # Nor may a checkpoint (it would have to rewrite the file).
+    with contextlib.suppress(duravoke.CorruptStateError):
+        store.checkpoint()
     assert fingerprint(path) == print_
 
 
-# --- damaged journals ------------------------------------------------------------------
+def test_a_damaged_index_is_rebuilt_and_nothing_is_lost(tmp_path: Path) -> None:
+    # The index only summarizes the snapshots and says which segments they cover.
+    folder = tmp_path / "store"
+    d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
+    step = make_step(d, [])
+    with d.workflow("a"):
+        step(0)
+    checkpoint(d.store)
+    with d.workflow("b"):  # in the log only
+        step(1)
+    index = folder / "log" / "index.json"
+    index.write_bytes(index.read_bytes()[:20])
+    store = duravoke.DirectoryStore(folder)
+    assert sorted(store.workflow_ids()) == ["a", "b"]
+    for wid, i in (("a", 0), ("b", 1)):
+        assert completed_results(store.read(wid) or {}) == {i: expected(i)}
+    store.checkpoint()
+    assert json.loads(index.read_bytes())["format"] == "duravoke-index"
+    assert sorted(duravoke.DirectoryStore(folder).workflow_ids()) == ["a", "b"]
+
+
+# --- damaged log -----------------------------------------------------------------------
 
 
 @pytest.fixture
 def crashed(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A store whose workflow "w" has steps 0-1 in its state file and 2-4 in a journal.
+    """A store whose workflow "w" has steps 0-1 in its state file and 2-4 in the log.
 
-    Returns (folder, state file, journal).
+    The first run ended (its checkpoint folded the log into the state file); the second
+    was killed. Returns (folder, state file, the log's one segment).
     """
     folder = tmp_path / "store"
     run_worker(tmp_path, "directory", folder, "w", 2, "ok")
     run_worker(tmp_path, "directory", folder, "w", 5, "crash")
-    journal = files_of(folder, "w", ".journal")
-    # The journal is grown ahead of its records with zeros; cut them off here, so that
-    # the damage below is applied to the records themselves (the zeros are tested too).
-    journal.write_bytes(journal.read_bytes().rstrip(b"\0"))
-    lines = journal.read_bytes().split(b"\n")
-    # header, running event, steps 2, 3, 4, and the empty string after the last "\n"
-    assert len(lines) == 6, lines
-    assert lines[-1] == b""
-    assert all(crc_line_ok(line) for line in lines[:-1])
-    return folder, files_of(folder, "w", ".json"), journal
+    (segment,) = segments(folder / "log")
+    # The segment is grown ahead of its frames with zeros; cut them off here, so that
+    # the damage below is applied to the frames themselves (the zeros are tested too).
+    segment.write_bytes(segment.read_bytes().rstrip(b"\0"))
+    frames, rest = parse_frames(segment.read_bytes())
+    # header, [running event, step 2], [step 3], [step 4]
+    assert [len(frame_entries(p)) for _, p in frames[1:]] == [2, 1, 1], frames
+    assert rest == b""
+    return folder, files_of(folder, "w", ".json"), segment
 
 
-def _flip_in_line(data: bytes, index: int) -> bytes:
-    lines = data.split(b"\n")
-    line = bytearray(lines[index])
-    line[len(line) // 2] ^= 0x01
-    lines[index] = bytes(line)
-    return b"\n".join(lines)
+def frame_bounds(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each intact frame of a segment."""
+    frames, _ = parse_frames(data)
+    ends = [offset for offset, _ in frames[1:]] + [len(data) - len(parse_frames(data)[1])]
+    return [(offset, end) for (offset, _), end in zip(frames, ends, strict=True)]
 
 
-@pytest.mark.parametrize("line", [0, 1, 2, 3], ids=["header", "event", "first-step", "4th"])
-def test_journal_damage_before_an_intact_record_is_corruption(
-    crashed: tuple[Path, Path, Path], line: int
+def _flip_in_frame(data: bytes, index: int) -> bytes:
+    start, end = frame_bounds(data)[index]
+    out = bytearray(data)
+    out[(start + end) // 2] ^= 0x01
+    return bytes(out)
+
+
+@pytest.mark.parametrize("frame", [0, 1, 2], ids=["header", "event-and-step", "3rd-step"])
+def test_log_damage_before_an_intact_frame_is_corruption_and_salvage_keeps_the_rest(
+    crashed: tuple[Path, Path, Path], frame: int
 ) -> None:
-    folder, state_file, journal = crashed
-    journal.write_bytes(_flip_in_line(journal.read_bytes(), line))
-    prints = fingerprint(journal), fingerprint(state_file)
+    folder, state_file, segment = crashed
+    start, end = frame_bounds(segment.read_bytes())[frame]
+    damaged = _flip_in_frame(segment.read_bytes(), frame)
+    segment.write_bytes(damaged)
+    prints = fingerprint(segment), fingerprint(state_file)
     store = duravoke.DirectoryStore(folder)
     calls: list[int] = []
-    step = make_step(duravoke.Duravoke(store), calls)
+    d = duravoke.Duravoke(store)
+    step = make_step(d, calls)
     with pytest.raises(duravoke.CorruptStateError) as info:
-        with duravoke.Duravoke(store).workflow("w"):
+        with d.workflow("w"):
             step(0)
-    assert_corrupt_error(info.value, journal)
+    assert_corrupt_error(info.value, segment)
+    message = str(info.value)
+    # The exact command, and what it costs.
+    assert f"`duravoke salvage --store {folder}`" in message, message
+    assert "nothing is deleted" in message
+    # The log is store-wide: every workflow is refused, none is written.
+    for wid in ("w", "other"):
+        with pytest.raises(duravoke.CorruptStateError):
+            store.read(wid)
     with pytest.raises(duravoke.CorruptStateError):
-        store.read("w")
-    assert (fingerprint(journal), fingerprint(state_file)) == prints
+        with d.workflow("other"):
+            step(9)
+    assert (fingerprint(segment), fingerprint(state_file)) == prints
     assert calls == []
 
+    proc = subprocess.run(
+        [sys.executable, "-m", "duravoke", "salvage", "--store", str(folder)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Every intact frame is kept, before and after the damaged one.
+    kept = {0: 4, 1: 2, 2: 3}[frame]
+    assert f"kept {kept} intact records" in proc.stdout, proc.stdout
+    assert f"{end - start} bytes unreadable" in proc.stdout, proc.stdout
+    # The damaged segment was moved aside, not deleted, byte for byte.
+    (aside,) = (folder / "log").glob(f"{segment.name}.damaged-*")
+    assert aside.read_bytes() == damaged
+    assert not segment.exists()
+    for fresh in segments(folder / "log"):
+        assert_clean_segment(fresh)
+    lost = {0: set(), 1: {2}, 2: {3}}[frame]
+    state = duravoke.DirectoryStore(folder).read("w")
+    assert state is not None
+    assert set(completed_results(state)) == {0, 1, 2, 3, 4} - lost
+    calls.clear()
+    d = duravoke.Duravoke(duravoke.DirectoryStore(folder))
+    step = make_step(d, calls)
+    with d.workflow("w"):
+        assert [step(i) for i in range(5)] == [expected(i) for i in range(5)]
+    assert calls == sorted(lost)
+    # Salvaging a store that reads cleanly changes nothing.
+    before = {p: p.read_bytes() for p in walk(folder) if p.is_file()}
+    report = duravoke.salvage(str(folder))
+    assert (report.kept, report.moved) == (0, ())
+    assert {p: p.read_bytes() for p in walk(folder) if p.is_file()} == before
 
-def _half_record_appended(data: bytes) -> bytes:
-    last = data.split(b"\n")[-2]
-    return data + last[: len(last) // 2]
+
+def _half_frame_appended(data: bytes) -> bytes:
+    start, end = frame_bounds(data)[-1]
+    return data + data[start : (start + end) // 2]
 
 
-def _last_line_cut(data: bytes) -> bytes:
-    last = data.split(b"\n")[-2]
-    return data[: len(data) - len(last) // 2 - 1]
+def _last_frame_cut(data: bytes) -> bytes:
+    start, end = frame_bounds(data)[-1]
+    return data[: (start + end) // 2]
+
+
+def _last_frame_zeroed(data: bytes) -> bytes:
+    # A power cut kept the file's size but not the last pages of its last write.
+    start, end = frame_bounds(data)[-1]
+    middle = (start + end) // 2
+    return data[:middle] + bytes(end - middle)
 
 
 @pytest.mark.parametrize(
     ("cut", "first_executed"),
-    [(_half_record_appended, 5), (_last_line_cut, 4)],
-    ids=["half-record-appended", "last-line-cut"],
+    [(_half_frame_appended, 5), (_last_frame_cut, 4), (_last_frame_zeroed, 4)],
+    ids=["half-frame-appended", "last-frame-cut", "last-frame-zeroed"],
 )
-def test_a_torn_last_record_is_dropped_and_its_step_runs_again(
+def test_a_torn_last_frame_is_dropped_and_its_step_runs_again(
     crashed: tuple[Path, Path, Path], cut: Callable[[bytes], bytes], first_executed: int
 ) -> None:
-    folder, _, journal = crashed
-    journal.write_bytes(cut(journal.read_bytes()))
+    folder, _, segment = crashed
+    torn = cut(segment.read_bytes())
+    segment.write_bytes(torn)
     store = duravoke.DirectoryStore(folder)
     state = store.read("w")
     assert state is not None
@@ -732,39 +926,57 @@ def test_a_torn_last_record_is_dropped_and_its_step_runs_again(
     with d.workflow("w"):
         assert [step(i) for i in range(7)] == [expected(i) for i in range(7)]
     assert calls == list(range(first_executed, 7))
+    # Nothing was written after the torn end: the run went on in a new segment.
+    assert segment.read_bytes() == torn
+    (_, fresh) = segments(folder / "log")
+    assert_clean_segment(fresh)
     # The following run loads cleanly and replays everything.
     calls.clear()
     with d.workflow("w"):
         assert [step(i) for i in range(7)] == [expected(i) for i in range(7)]
     assert calls == []
-    assert not list(folder.glob("*.journal"))
+    # A checkpoint folds the intact frames and drops the torn segment with its torn end.
+    store.checkpoint()
+    assert not segment.exists()
+    state = duravoke.DirectoryStore(folder).read("w")
+    assert state is not None
+    assert completed_results(state) == {i: expected(i) for i in range(7)}
 
 
 TORN_TAILS: dict[str, Callable[[bytes], bytes]] = {
-    "half-record-appended": _half_record_appended,
-    "last-line-cut": _last_line_cut,
-    "final-newline-lost": lambda b: b[:-1],
+    "half-frame-appended": _half_frame_appended,
+    "last-frame-cut": _last_frame_cut,
+    "last-frame-zeroed": _last_frame_zeroed,
+    "frame-newline-lost": lambda b: b[:-1],
     "empty": lambda b: b"",
     "header-cut": lambda b: b[:20],
-    "header-only": lambda b: b[: b.index(b"\n") + 1],
-    "header-newline-lost": lambda b: b[: b.index(b"\n")],
+    "header-only": lambda b: b[: frame_bounds(b)[0][1]],
+    "header-zeroed": lambda b: bytes(frame_bounds(b)[0][1]),
     "zero-filled": lambda b: b + bytes(4096),
-    "half-record-then-zeros": lambda b: _half_record_appended(b) + bytes(100),
+    "half-frame-then-zeros": lambda b: _half_frame_appended(b) + bytes(100),
 }
 
 
 @pytest.mark.parametrize("tail", sorted(TORN_TAILS))
-def test_no_record_is_ever_written_after_a_torn_tail(
+def test_no_frame_is_ever_written_after_a_torn_end(
     tmp_path: Path, crashed: tuple[Path, Path, Path], tail: str
 ) -> None:
-    folder, _, journal = crashed
-    journal.write_bytes(TORN_TAILS[tail](journal.read_bytes()))
-    # A second crash, after new records, must leave a journal of intact lines only.
+    folder, _, segment = crashed
+    damaged = TORN_TAILS[tail](segment.read_bytes())
+    segment.write_bytes(damaged)
+    frames, rest = parse_frames(damaged)
+    clean = bool(frames) and not rest.strip(b"\0")  # a whole header, nothing torn after it
+    # A second crash, after new records: the torn segment is never written again, and
+    # every segment written holds intact frames only.
     run_worker(tmp_path, "directory", folder, "w", 7, "crash")
-    lines = files_of(folder, "w", ".journal").read_bytes().rstrip(b"\0").split(b"\n")
-    assert lines[-1] == b""
-    damaged = [line for line in lines[:-1] if not crc_line_ok(line)]
-    assert damaged == [], f"new records were appended after a torn tail ({tail})"
+    found = segments(folder / "log")
+    if clean:
+        assert found == [segment], found
+        assert_clean_segment(segment)
+    else:
+        assert segment.read_bytes() == damaged, f"written after a torn end ({tail})"
+        assert len(found) == 2, found
+        assert_clean_segment(found[1])
 
     store = duravoke.DirectoryStore(folder)
     state = store.read("w")
@@ -787,17 +999,21 @@ def test_no_record_is_ever_written_after_a_torn_tail(
 @pytest.mark.parametrize("kind", ["directory", "kkv"])
 def test_the_on_disk_format_carries_a_version(tmp_path: Path, kind: str) -> None:
     path = store_path(kind, tmp_path)
-    d = duravoke.Duravoke(open_kind(kind, path))
+    store = open_kind(kind, path)
+    d = duravoke.Duravoke(store)
     step = make_step(d, [])
-    journal_folder = path if kind == "directory" else path.with_name(path.name + ".d")
-    headers = []
+    log = log_folder(kind, path)
     with d.workflow("versioned"):
         step(0)
-        (journal,) = journal_folder.glob("*.journal")
-        first = journal.read_bytes().split(b"\n")[0]
-        assert crc_line_ok(first)
-        headers.append(json.loads(first[9:]))
-    assert headers == [{"format": "duravoke-journal", "version": 1, "workflow": "versioned"}]
+        (segment,) = segments(log)
+        frames = assert_clean_segment(segment)  # its header names format and version
+        entries = [e for _, payload in frames[1:] for e in frame_entries(payload)]
+        assert {w for w, _ in entries} == {"versioned"}
+    checkpoint(store)
+    index = json.loads((log / "index.json").read_bytes())
+    assert (index["format"], index["version"]) == ("duravoke-index", 1)
+    assert index["covers"] == 1
+    assert list(index["workflows"]) == ["versioned"]
     state_file = files_of(path, "versioned", ".json") if kind == "directory" else path
     data = state_file.read_bytes()
     doc = json.loads(data)
@@ -805,3 +1021,175 @@ def test_the_on_disk_format_carries_a_version(tmp_path: Path, kind: str) -> None
     assert doc["version"] == 1
     assert doc["checksum"] == _checksum(data)
     assert list(doc["workflows"]) == ["versioned"]
+
+
+def _frame(payload: bytes) -> bytes:
+    return b"#%08x %08x\n%s" % (len(payload), zlib.crc32(payload), payload)
+
+
+def test_a_segment_of_a_newer_format_is_refused_and_left_untouched(
+    crashed: tuple[Path, Path, Path],
+) -> None:
+    folder, _, segment = crashed
+    data = segment.read_bytes()
+    end = frame_bounds(data)[0][1]
+    newer = _frame(b'{"format":"duravoke-log","version":2,"segment":2}\n') + data[end:]
+    segment.write_bytes(newer)
+    with pytest.raises(duravoke.CorruptStateError, match="Upgrade duravoke") as info:
+        duravoke.DirectoryStore(folder).read("w")
+    assert info.value.path == str(segment)
+    # Salvage does not take a newer format for damage either.
+    with pytest.raises(duravoke.CorruptStateError, match="Upgrade duravoke"):
+        duravoke.salvage(str(folder))
+    assert segment.read_bytes() == newer
+
+
+# --- journals of duravoke 0.2 -------------------------------------------------------------
+
+
+def v1_line(record: dict[str, Any]) -> bytes:
+    """A version 1 journal line: ``<crc32> <compact JSON>``."""
+    body = json.dumps(record, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def v1_journal(tmp_path: Path, workflow_id: str, steps: list[int]) -> bytes:
+    """A journal of duravoke 0.2 holding a run of ``make_step`` steps.
+
+    Its records are taken from a real run's log, so that a new run replays them.
+    """
+    source = tmp_path / "source"
+    d = duravoke.Duravoke(duravoke.DirectoryStore(source))
+    step = make_step(d, [])
+    with d.workflow(workflow_id):
+        for i in steps:
+            step(i)
+    records: list[dict[str, Any]] = [
+        {"format": "duravoke-journal", "version": 1, "workflow": workflow_id}
+    ]
+    for segment in segments(source / "log"):
+        for _, payload in parse_frames(segment.read_bytes())[0][1:]:
+            records += [r for w, r in frame_entries(payload) if w == workflow_id]
+    assert records[1]["event"] == "running"
+    return b"".join(v1_line(r) for r in records[:-1])  # the run had not ended
+
+
+def test_a_journal_of_duravoke_0_2_is_read_and_folded_by_a_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir(mode=0o700)
+    journal = folder / f"{_stem('old')}.journal"
+    journal.write_bytes(v1_journal(tmp_path, "old", [0, 1]) + bytes(1000))
+    store = duravoke.DirectoryStore(folder)
+    assert completed_results(store.read("old") or {}) == {0: expected(0), 1: expected(1)}
+    assert store.workflow_ids() == ["old"]
+    store.checkpoint()  # nothing in the log yet: the journal stays as it is
+    assert journal.exists()
+    d = duravoke.Duravoke(store)
+    with d.workflow("old"):
+        pass
+    store.checkpoint()
+    assert not journal.exists()
+    state = duravoke.DirectoryStore(folder).read("old")
+    assert state is not None
+    assert completed_results(state) == {0: expected(0), 1: expected(1)}
+    assert state["status"] == "completed"
+
+
+def test_salvage_of_a_journal_of_duravoke_0_2_damaged_in_the_middle(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir(mode=0o700)
+    journal = folder / f"{_stem('old')}.journal"
+    lines = v1_journal(tmp_path, "old", [0, 1, 2]).split(b"\n")
+    lines[3] = lines[3].replace(b"value-1", b"value-7")  # damage, followed by an intact line
+    damaged = b"\n".join(lines)
+    journal.write_bytes(damaged)
+    store = duravoke.DirectoryStore(folder)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        store.read("old")
+    assert f"`duravoke salvage --store {folder}`" in str(info.value)
+    report = duravoke.salvage(store)
+    assert report.kept == 2  # the running event and step 0
+    assert report.unreadable == len(damaged) - len(b"\n".join(lines[:3])) - 1
+    (moved,) = report.moved
+    assert Path(moved).read_bytes() == damaged
+    assert not journal.exists()
+    assert completed_results(store.read("old") or {}) == {0: expected(0)}
+    calls: list[int] = []
+    d = duravoke.Duravoke(store)
+    step = make_step(d, calls)
+    with d.workflow("old"):
+        assert [step(i) for i in range(3)] == [expected(i) for i in range(3)]
+    assert calls == [1, 2]  # recorded after the damage: they run again
+
+
+def _stem(wid: str) -> str:
+    """A workflow's file name stem (documented: a safe prefix, then a hash of the id)."""
+    return f"{wid}.{id_hash(wid)}"
+
+
+def test_salvage_of_a_shared_file_store_keeps_the_order_of_later_segments(
+    tmp_path: Path,
+) -> None:
+    # Damage in an older segment of a PersistedKKV's log, with a newer segment after it:
+    # the newer one's frames are copied after the salvaged ones, in order, and moved
+    # aside too (never deleted), so that nothing is applied twice or out of order.
+    path = tmp_path / "kkv" / "state.json"
+    log = log_folder("kkv", path)
+    run_worker(tmp_path, "kkv", path, "w", 3, "crash")
+    (first,) = segments(log)
+    data = first.read_bytes().rstrip(b"\0")
+    bounds = frame_bounds(data)
+    # A torn end (so the next process starts a new segment), then the next process.
+    first.write_bytes(data + data[bounds[-1][0] : bounds[-1][0] + 30])
+    run_worker(tmp_path, "kkv", path, "w2", 2, "crash")
+    second = segments(log)[1]
+    damaged = _flip_in_frame(first.read_bytes(), 2)  # [header, [running, 0], [1], [2]]
+    first.write_bytes(damaged)
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        duravoke.PersistedKKV(path).read("w2")
+    assert f"`duravoke salvage --store {path}`" in str(info.value)
+    copied = second.read_bytes()
+
+    report = duravoke.salvage(str(path))
+    assert report.kept == 2 + 1 + 3  # [running, 0] and [2] of w; w2's running and steps
+    assert sorted(Path(p).name.split("-")[0] for p in report.moved) == [
+        f"{first.name}.damaged",
+        f"{second.name}.copied",
+    ]
+    moved = {Path(p).name.split(".")[2].split("-")[0]: Path(p) for p in report.moved}
+    assert moved["damaged"].read_bytes() == damaged
+    assert moved["copied"].read_bytes() == copied
+    assert report.segment is not None
+    assert [Path(report.segment)] == segments(log)
+    assert_clean_segment(Path(report.segment))
+    store = duravoke.PersistedKKV(path)
+    assert set(completed_results(store.read("w") or {})) == {0, 2}
+    assert completed_results(store.read("w2") or {}) == {0: expected(0), 1: expected(1)}
+
+
+def test_a_checksummed_frame_that_is_not_json_is_refused_and_salvaged(
+    crashed: tuple[Path, Path, Path],
+) -> None:
+    # Intact framing and checksum around something no duravoke wrote.
+    folder, _, segment = crashed
+    data = segment.read_bytes()
+    (start, end) = frame_bounds(data)[2]  # [header, [running, 2], [3], [4]]
+    alien = _frame(b"not json\n")
+    segment.write_bytes(data[:start] + alien + data[end:])
+    with pytest.raises(duravoke.CorruptStateError) as info:
+        duravoke.DirectoryStore(folder).read("w")
+    assert info.value.path == str(segment)
+    assert f"`duravoke salvage --store {folder}`" in str(info.value)
+    report = duravoke.salvage(str(folder))
+    assert (report.kept, report.unreadable) == (3, len(alien))
+    state = duravoke.DirectoryStore(folder).read("w")
+    assert set(completed_results(state or {})) == {0, 1, 2, 4}
+    proc = subprocess.run(
+        [sys.executable, "-m", "duravoke", "salvage", "--store", str(folder)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to salvage" in proc.stdout, proc.stdout

@@ -1,7 +1,8 @@
 """Torn writes: whatever a crash or bit rot does to the files, no wrong value comes back.
 
-A real store is built once by real processes (one that finishes, one that dies with
-its journal in place). Hypothesis then truncates and flips bytes in copies of it. Each
+A real store is built once by real processes (one that finishes, whose checkpoint folds
+the log into the state file, and one that dies with its frames in the log). Hypothesis
+then truncates and flips bytes of the state file and of the log segment in copies of it. Each
 damaged copy must load either as ``CorruptStateError`` or as an exact prefix of what
 was recorded, with exactly the recorded results, and a run on it must replay that
 prefix and execute the rest. Hypothesis prints the failing example and a
@@ -26,7 +27,7 @@ import duravoke
 
 WID = "torn"
 N = 4  # steps recorded by the run that finished (in the state file)
-K = 4  # further steps recorded by the run that crashed (in the journal)
+K = 4  # further steps recorded by the run that crashed (in the log)
 
 WORKER = """
 import os, sys
@@ -57,7 +58,7 @@ with d.workflow("torn"):
                 pass
     if k:
         parent()
-        # Die with the journal in place, as a killed process would.
+        # Die with the frames in the log, unfolded, as a killed process would.
         os._exit(1)
 """
 
@@ -130,38 +131,41 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple
             timeout=60,
         )
         assert proc.returncode == rc, proc.stderr
-    assert len(list(folder.glob("*.journal"))) == 1
+    assert len(list((folder / "log").glob("log.*"))) == 1
     assert len(list(folder.glob("*.json"))) == 1
     state = duravoke.DirectoryStore(folder).read(WID)
     assert state is not None
     original = list(completed(state).items())
     labels = [result["label"] for _, result in original]
-    # Steps 0..N-1 from the state file, N..N+K-1 and the parent's family from the journal.
+    # Steps 0..N-1 from the state file, N..N+K-1 and the parent's family from the log.
     assert labels == [f"step-{i}" for i in range(N + K)] + ["step-100", "step-101", "parent"]
     assert any(step["status"] == "failed" for step in state["steps"].values())
     return folder, original
 
 
-def file_of(folder: Path, suffix: str) -> Path:
-    """The store's one file with ``suffix``."""
-    (path,) = folder.glob(f"*{suffix}")
+SEGMENT = "segment"
+
+
+def file_of(folder: Path, target: str) -> Path:
+    """The store's one log segment (``SEGMENT``), or its one file with suffix ``target``."""
+    (path,) = (folder / "log").glob("log.*") if target == SEGMENT else folder.glob(f"*{target}")
     return path
 
 
 @st.composite
 def damages(draw: st.DrawFn, sizes: dict[str, int], edges: list[int]) -> list[tuple[str, str, Any]]:
-    """1 to 3 truncations or byte flips, each of the journal or the state file.
+    """1 to 3 truncations or byte flips, each of the log segment or the state file.
 
-    The journal is the likelier target: any damage to the state file is refused,
-    while journal damage exercises every prefix length.
+    The segment is the likelier target: any damage to the state file is refused,
+    while damage to the log exercises every prefix length.
     """
     ops: list[tuple[str, str, Any]] = []
     for _ in range(draw(st.integers(1, 3))):
-        target = draw(st.sampled_from([".journal", ".journal", ".journal", ".json"]))
+        target = draw(st.sampled_from([SEGMENT, SEGMENT, SEGMENT, ".json"]))
         if draw(st.booleans()):
             offsets = st.integers(0, sizes[target])
-            if target == ".journal":
-                # Cuts at, just before and just after a record's end are the classic
+            if target == SEGMENT:
+                # Cuts at, just before and just after a frame's or line's end are the classic
                 # torn writes; plain integers rarely land there.
                 offsets = st.one_of(offsets, st.sampled_from(edges))
             ops.append(("truncate", target, draw(offsets)))
@@ -192,13 +196,15 @@ def damage(folder: Path, ops: list[tuple[str, str, Any]]) -> None:
 
 
 def sizes_of(folder: Path) -> dict[str, int]:
-    """Sizes of the pristine journal and state file."""
-    return {s: file_of(folder, s).stat().st_size for s in (".journal", ".json")}
+    """Sizes of the pristine state file, and of the frames of the segment (and a little
+    of the zeros grown ahead of them: damage far into the zeros changes nothing)."""
+    used = len(file_of(folder, SEGMENT).read_bytes().rstrip(b"\0"))
+    return {SEGMENT: used + 64, ".json": file_of(folder, ".json").stat().st_size}
 
 
 def edges_of(folder: Path) -> list[int]:
-    """Offsets around the end of every journal line (the file's size included)."""
-    data = file_of(folder, ".journal").read_bytes()
+    """Offsets around the end of every frame and line of the segment."""
+    data = file_of(folder, SEGMENT).read_bytes().rstrip(b"\0")
     ends = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
     return sorted(
         {e + delta for e in [0, *ends] for delta in (-1, 0, 1)} & set(range(len(data) + 1))
@@ -207,7 +213,7 @@ def edges_of(folder: Path) -> list[int]:
 
 def files_snapshot(folder: Path) -> dict[str, bytes]:
     """Every file's bytes, to show that a refused load changed nothing."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def load(store: duravoke.DirectoryStore) -> dict[str, Any] | None:
@@ -215,8 +221,8 @@ def load(store: duravoke.DirectoryStore) -> dict[str, Any] | None:
     try:
         state = store.read(WID)
     except duravoke.CorruptStateError as exc:
-        # Refusals name the damaged file.
-        if exc.path is None or Path(exc.path).parent != Path(store.location):
+        # Refusals name the damaged file (the state file, or the log segment).
+        if exc.path is None or Path(store.location) not in Path(exc.path).parents:
             raise
         return None
     assert state is not None
@@ -270,7 +276,13 @@ def test_damaged_store_loads_a_prefix_or_refuses(
         assert after is not None
         assert after["status"] == "completed"
         assert completed(after) == dict(original)
-        assert not list(folder.glob("*.journal"))
+        # A checkpoint folds every intact frame and drops the torn ones with their segment.
+        store.checkpoint()
+        (segment,) = (folder / "log").glob("log.*")
+        assert not segment.read_bytes().rstrip(b"\0").count(b"\n#"), "frames left unfolded"
+        folded = duravoke.DirectoryStore(folder).read(WID)
+        assert folded is not None
+        assert completed(folded) == dict(original)
 
 
 @SETTINGS

@@ -277,7 +277,7 @@ def test_a_long_sleep_suspends_the_workflow_under_a_runner(w: None) -> None:
     assert info.wake > datetime.now(timezone.utc)
     lease = D.store.try_lock(workflow_id)  # nothing is held
     assert lease is not None
-    lease.close(None)
+    lease.close()
     assert duravoke.resume(D.store, suspend_after=0.2).outcomes == []  # not before its time
     assert SEEN == ["before"]
     _wait_for(lambda: D.store.due(datetime.now(timezone.utc)), "the wake time")
