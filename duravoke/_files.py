@@ -157,6 +157,7 @@ class FileLock:
         self._keep_open = keep_open
         self._fd: int | None = None
         self._pid = 0
+        self._held = False
         self._fallback = None if fcntl is not None else filelock.FileLock(path, mode=0o600)
 
     def acquire(self, *, blocking: bool = True) -> bool:
@@ -175,6 +176,7 @@ class FileLock:
         except BlockingIOError:
             self._close()
             return False
+        self._held = True
         return True
 
     def release(self) -> None:
@@ -183,6 +185,7 @@ class FileLock:
             self._fallback.release()
             return
         assert self._fd is not None
+        self._held = False
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._close()
 
@@ -191,7 +194,10 @@ class FileLock:
             self.close()
 
     def close(self) -> None:
-        """Close the lock file (the lock must not be held)."""
+        """Close the lock file, unless the lock is held (then its release closes it)."""
+        if self._held:
+            self._keep_open = False
+            return
         if self._fd is not None and self._pid == os.getpid():
             os.close(self._fd)
         self._fd = None

@@ -197,6 +197,8 @@ class _FileStore(Store):
         if summary["status"] != "waiting" or not isinstance(summary.get("topic"), str):
             return False
         last = summary.get("inbox", {}).get(summary["topic"], 0)
+        if isinstance(last, list):  # a whole state: its messages, not only the last number
+            last = last[-1][0] if last else 0
         return bool(last > int(summary.get("after") or 0))
 
     def suspects(self) -> set[str]:

@@ -273,11 +273,19 @@ class Log:
     def view(self) -> View:
         """The view, caught up with everything the log holds now (torn end excluded)."""
         with self._guard:
-            if self._view is None:
+            numbers = self.segment_numbers()
+            view = self._view
+            if view is not None and any(
+                n > view.covers and n not in numbers for n in view.segments
+            ):
+                # Another process's checkpoint folded segments this view had read into the
+                # snapshots and the index: start again from the index.
+                view = None
+            if view is None:
                 covers, summaries, seqs = self._base()
-                self._view = View(covers=covers, summaries=summaries, seqs=seqs)
-            self._catch_up(self._view)
-            return self._view
+                view = self._view = View(covers=covers, summaries=summaries, seqs=seqs)
+            self._catch_up(view, numbers)
+            return view
 
     def make_durable(self) -> None:
         """Make durable every frame the view holds, before a run relies on them.
@@ -343,8 +351,8 @@ class Log:
             return []
         return sorted(int(m[1]) for m in map(_SEGMENT.fullmatch, names) if m)
 
-    def _catch_up(self, view: View) -> None:
-        for number in self.segment_numbers():
+    def _catch_up(self, view: View, numbers: list[int]) -> None:
+        for number in numbers:
             if number <= view.covers:
                 continue
             segment = view.segments.get(number)

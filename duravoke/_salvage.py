@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import filelock
-
 from ._errors import CorruptStateError, WorkflowBusyError
-from ._files import fsync_folder, read_bytes
+from ._files import FileLock, fsync_folder, read_bytes
 from ._filestore import _FileStore, _legacy_journal_id
 from ._info import resolve_store, short_repr
 from ._journal import parse_journal
@@ -159,8 +157,8 @@ def _salvage_log(store: _FileStore) -> tuple[int, int, list[str], str] | None:
     log = store.log()
     if not log.folder.is_dir():
         return None
-    checkpoint = filelock.FileLock(log.folder / "checkpoint.lock", mode=0o600, thread_local=False)
-    with checkpoint, log._lock, log._guard:
+    checkpoint = FileLock(log.folder / "checkpoint.lock")
+    with checkpoint, log._guard, log._lock:
         covers = _covers(store)
         numbers = [n for n in log.segment_numbers() if n > covers]
         damaged_from = None

@@ -394,20 +394,27 @@ def test_forget_deletes_a_workflows_messages(w: None) -> None:
     assert D.store.messages("gone", "t", 0) == []
 
 
-def test_a_torn_inbox_line_is_dropped_and_later_messages_are_kept(tmp_path: Path) -> None:
-    for store in (
-        duravoke.DirectoryStore(tmp_path / "dir"),
-        duravoke.PersistedKKV(tmp_path / "kkv.json"),
+def test_a_torn_message_frame_is_dropped_and_later_messages_are_kept(tmp_path: Path) -> None:
+    # Messages are frames of the store's log: a sender killed mid-write leaves a torn
+    # last frame, which is dropped; the next sender writes on in a new segment.
+    for make in (
+        lambda: duravoke.DirectoryStore(tmp_path / "dir"),
+        lambda: duravoke.PersistedKKV(tmp_path / "kkv.json"),
     ):
-        store.send("torn", "t", '"one"')
-        [inbox] = [p for p in Path(store._folder()).iterdir() if p.suffix == ".inbox"]
-        with inbox.open("ab") as f:
-            f.write(b'0badc0de {"t":"t","s":2,"d":"half')  # a sender killed mid-line
+        store = make()
+        assert store.send("torn", "t", '"one"') == 1
+        (segment,) = sorted((Path(store._folder()) / "log").glob("log.*"))
+        used = len(segment.read_bytes().rstrip(b"\0"))
+        with segment.open("r+b") as f:
+            f.seek(used)
+            f.write(b'#00000040 0badc0de\n["torn",{"msg":"t","seq":2,"data":"ha')
+        store = make()  # another process, after the kill
         assert store.messages("torn", "t", 0) == [(1, "one")]
         assert store.send("torn", "t", '"two"') == 2
         assert store.messages("torn", "t", 0) == [(1, "one"), (2, "two")]
         assert store.messages("torn", "t", 1) == [(2, "two")]
-        store.forget("torn")  # the inbox goes, and a new one starts at 1
+        assert len(list((Path(store._folder()) / "log").glob("log.*"))) == 2  # written on
+        store.forget("torn")  # the messages go, and new ones start at 1
         assert store.messages("torn", "t", 0) == []
         assert store.send("torn", "t", '"three"') == 1
         assert store.messages("torn", "t", 0) == [(1, "three")]
