@@ -161,8 +161,8 @@ def test_fastapi_signups_finish_after_the_server_is_killed(
     store = duravoke.DirectoryStore(home)
     recorded = {
         (w.id.removeprefix("signup:"), s.args["what"])
-        for w in duravoke.list_workflows(store)
-        for s in w.steps
+        for w in duravoke.list_workflows(store)  # listed without their steps
+        for s in duravoke.get_workflow(w.id, store).steps
         if s.function == "signup.step" and s.status == "completed"
     }
     assert 0 < len(recorded) < 200  # killed mid-way

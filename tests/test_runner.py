@@ -389,8 +389,8 @@ def _recorded_steps(spec: str) -> set[tuple[int, int]]:
     try:
         return {
             (s.args["n"], s.args["i"])
-            for w in duravoke.list_workflows(store)
-            for s in w.steps
+            for listed in duravoke.list_workflows(store)  # listed without their steps
+            for s in duravoke.get_workflow(listed.id, store).steps
             if s.function == "jobs.step" and s.status == "completed"
         }
     finally:
