@@ -379,7 +379,8 @@ def json_decode_peak(folder: str, trace: bool) -> dict[str, Any]:
     """Child-process entry: peak memory of decoding every file in ``folder`` with json.
 
     A file that is one JSON document is decoded whole; any other is decoded line by line
-    from each line's first ``{`` (journals prefix records with a checksum). Everything
+    from each line's first ``{`` (journals prefix records with a checksum), or whole when it
+    starts with ``[`` (a record of the log). Everything
     decoded is kept until the end, as a replay keeps what it needs.
     """
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix != ".lock")
@@ -398,7 +399,9 @@ def _decode_all(files: list[Path]) -> list[Any]:
         except ValueError:
             pass
         for line in data.splitlines():
-            start = line.find(b"{")
+            # A log record is a line of its own, [workflow id, record]; a 0.2 journal's
+            # record follows a checksum.
+            start = 0 if line.startswith(b"[") else line.find(b"{")
             if start >= 0:
                 with contextlib.suppress(ValueError):
                     kept.append(json.loads(line[start:]))
