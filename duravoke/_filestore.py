@@ -201,11 +201,11 @@ class _FileStore(Store):
             last = last[-1][0] if last else 0
         return bool(last > int(summary.get("after") or 0))
 
-    def suspects(self) -> set[str]:
+    def suspects(self, summaries: dict[str, State]) -> set[str]:
         """Workflows whose state file is not as the last checkpoint wrote it."""
         return {
             workflow_id
-            for workflow_id, summary in self.summaries().items()
+            for workflow_id, summary in summaries.items()
             if summary.get("file") != self._snapshot_stamp(workflow_id)
             and (summary.get("file") is not None or self._has_snapshot(workflow_id))
         }

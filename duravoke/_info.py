@@ -176,7 +176,7 @@ def list_workflows(store: Store | str | os.PathLike[str] | None = None) -> list[
     found: list[WorkflowInfo] = []
     try:
         summaries = target.summaries()
-        suspects = target.suspects()
+        suspects = target.suspects(summaries)
     except CorruptStateError as exc:  # the log, or the one file that holds them all
         logger.warning("%s", exc)
         return [_corrupt("", exc)]

@@ -99,9 +99,10 @@ class Store(abc.ABC):
                     found[workflow_id] = summarize(state)
         return found
 
-    def suspects(self) -> set[str]:
-        """Workflows whose summary may not match their state, e.g. because a file was
-        changed behind the store's back: a listing reads these in full."""
+    def suspects(self, summaries: dict[str, State]) -> set[str]:
+        """Which of ``summaries`` (from :meth:`summaries`) may not match their workflow's
+        state, e.g. because a file was changed behind the store's back: a listing reads
+        these in full."""
         return set()
 
     def lock(self, workflow_id: str, timeout: float | None = None) -> Lease:
