@@ -188,6 +188,13 @@ class _FileStore(Store):
         inbox = [] if state is None else state.get("inbox", {}).get(topic, [])
         return [(seq, data) for seq, data, _at in inbox if seq > after]
 
+    def last_message(self, workflow_id: str, topic: str) -> int:
+        """From the view of the log and the index: no state file or frame is read."""
+        check_workflow_id(workflow_id)
+        if not (self._folder() / "log").is_dir():
+            return 0
+        return self.log().view().seqs.get((workflow_id, topic), 0)
+
     def drop_messages(self, workflow_id: str) -> bool:
         """Messages go with the workflow's ``forget`` record; nothing else to delete."""
         return False

@@ -322,25 +322,31 @@ class Log:
             segments = dict(view.segments)
         found: list[Record] = []
         forgotten = False
-        data_of: dict[int, bytes] = {}
-        for number, offset in places:
-            segment = segments.get(number)
-            if segment is None:
-                continue
-            data = data_of.get(number)
-            if data is None:
-                data = data_of[number] = _read(segment.path)
-            payload = frame_at(data, offset)
-            if payload is None:  # pragma: no cover - the view only lists intact frames
-                continue
-            for wid, record in decode_entries(payload, str(segment.path), self.salvage):
-                if wid != workflow_id:
+        fds: dict[int, int | None] = {}
+        try:
+            for number, offset in places:
+                segment = segments.get(number)
+                if segment is None:
                     continue
-                if record.get("forget"):
-                    found.clear()
-                    forgotten = True
-                else:
-                    found.append(record)
+                if number not in fds:
+                    fds[number] = _open_or_none(segment.path)
+                fd = fds[number]
+                # Only this workflow's frames are read, not the segment (up to megabytes).
+                payload = None if fd is None else _pread_frame(fd, offset)
+                if payload is None:  # pragma: no cover - the view only lists intact frames
+                    continue
+                for wid, record in decode_entries(payload, str(segment.path), self.salvage):
+                    if wid != workflow_id:
+                        continue
+                    if record.get("forget"):
+                        found.clear()
+                        forgotten = True
+                    else:
+                        found.append(record)
+        finally:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
         return forgotten, found
 
     def segment_numbers(self) -> list[int]:
@@ -550,8 +556,18 @@ def _read_used(path: Path, offset: int) -> bytes:
     return b""
 
 
-def _read(path: Path, offset: int = 0) -> bytes:
-    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-        f.seek(offset)
-        return f.read()
-    return b""
+def _open_or_none(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # folded into the snapshots and deleted meanwhile
+        return None
+
+
+def _pread_frame(fd: int, offset: int) -> bytes | None:
+    """The payload of the intact frame at ``offset`` of the open file ``fd``, or None."""
+    head = os.pread(fd, _HEADER, offset)
+    try:
+        length = int(head[1:9], 16)
+    except ValueError:
+        return None
+    return frame_at(head + os.pread(fd, length, offset + _HEADER), 0)

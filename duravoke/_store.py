@@ -193,6 +193,15 @@ class Store(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot hold messages")
 
+    def last_message(self, workflow_id: str, topic: str) -> int:
+        """The sequence number of the last message on ``topic`` (0: none yet).
+
+        Cheaper than :meth:`messages` where the store keeps an index (the file stores
+        answer from their view of the log, without reading the workflow).
+        """
+        found = self.messages(workflow_id, topic, 0)
+        return found[-1][0] if found else 0
+
     def drop_messages(self, workflow_id: str) -> bool:
         """Delete a workflow's inbox; tell whether it had one."""
         return False

@@ -189,7 +189,7 @@ def _raise_if_cancelled(exc: BaseException | None) -> None:
 
 def _cancel_requested(store: Store, workflow_id: str) -> bool:
     try:
-        return bool(store.messages(workflow_id, CANCEL_TOPIC, 0))
+        return store.last_message(workflow_id, CANCEL_TOPIC) > 0
     except NotImplementedError:  # a store without an inbox cannot be cancelled remotely
         return False
 
