@@ -28,7 +28,7 @@ import re
 import shlex
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,12 +188,13 @@ class _FileStore(Store):
         inbox = [] if state is None else state.get("inbox", {}).get(topic, [])
         return [(seq, data) for seq, data, _at in inbox if seq > after]
 
-    def last_message(self, workflow_id: str, topic: str) -> int:
+    def with_messages(self, topic: str, workflow_ids: Iterable[str]) -> set[str]:
         """From the view of the log and the index: no state file or frame is read."""
-        check_workflow_id(workflow_id)
+        ids = [check_workflow_id(w) for w in workflow_ids]
         if not (self._folder() / "log").is_dir():
-            return 0
-        return self.log().view().seqs.get((workflow_id, topic), 0)
+            return set()
+        seqs = self.log().view().seqs
+        return {w for w in ids if seqs.get((w, topic), 0) > 0}
 
     def drop_messages(self, workflow_id: str) -> bool:
         """Messages go with the workflow's ``forget`` record; nothing else to delete."""
@@ -270,10 +271,11 @@ class _FileStore(Store):
 
     def _knows(self, workflow_id: str) -> bool:
         """Whether anything is recorded for the workflow (without reading its state)."""
-        return (
-            workflow_id in self.log().view().summaries
-            or self._has_snapshot(workflow_id)
-            or self._legacy_journal(workflow_id).exists()
+        view = self.log().view()
+        if workflow_id in view.summaries:
+            return True
+        return workflow_id not in view.forgotten and (
+            self._has_snapshot(workflow_id) or self._legacy_journal(workflow_id).exists()
         )
 
     def _has_snapshot(self, workflow_id: str) -> bool:
@@ -391,16 +393,23 @@ class _FileStore(Store):
         with self._guard:
             self._open_leases -= 1
             idle = self._open_leases == 0
-        if idle and self._idle_checkpoint_due():
-            # Nothing else of this store runs here: make the state files current now.
+        if idle and self._fold_when_idle():
             self.checkpoint()
-        elif self.log().active_size() > _CHECKPOINT_BYTES and not self._checkpointing.locked():
-            # Runs are going on: fold in the background, so that none of them waits.
+            return
+        due = self._idle_checkpoint_due() if idle else self.log().active_size() > _CHECKPOINT_BYTES
+        if due and not self._checkpointing.locked():
+            # Fold in the background, so that no run (and not the caller of the one that
+            # just ended) waits for it; when nothing else of this store runs here, this
+            # makes the state files current soon, and exit makes them current at once.
             name = "duravoke-checkpoint"
             threading.Thread(target=self.checkpoint, name=name, daemon=True).start()
 
     def _idle_checkpoint_due(self) -> bool:
         return self.log().active_size() > _IDLE_CHECKPOINT_BYTES
+
+    def _fold_when_idle(self) -> bool:
+        """Whether to fold at once, in the call that ended the last run of this store."""
+        return False
 
 
 def _records_of(log: Log, numbers: list[int]) -> tuple[dict[str, list[Record]], set[str]]:
@@ -585,12 +594,14 @@ class PersistedKKV(_FileStore):
     def _folder(self) -> Path:
         return self.path.with_name(self.path.name + ".d")
 
-    def _idle_checkpoint_due(self) -> bool:
+    def _fold_when_idle(self) -> bool:
+        # A small file is kept current after every run, as its readers expect of one
+        # JSON file; rewriting it costs one write and one fsync.
         try:
             small = os.stat(self.path).st_size <= 256 * 1024
         except FileNotFoundError:
             small = True
-        return (small and self.log().active_size() > 0) or super()._idle_checkpoint_due()
+        return small and self.log().active_size() > 0
 
     _one_file = True
 

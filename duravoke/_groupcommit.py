@@ -4,20 +4,24 @@ The first caller in becomes the writer for everything queued so far; the others 
 for it and return once their items are written. One fsync (or one transaction) then
 serves many steps, which is what makes concurrent async steps cheap.
 
-Async callers queue on the event loop and wait without blocking it: in each event loop,
-one task (the first to wait) waits for the writer in a worker thread, and the others
-wait for that task, so a batch costs one thread hand-off, not one per step.
+Async callers queue on the event loop and never block it: a dedicated writer thread,
+started on demand and gone after a second idle, writes what they queued and wakes each
+waiting event loop once per batch (``call_soon_threadsafe``, or trio's token). In each
+loop one task waits for that wake-up and the others wait for that task, so a batch
+costs one wake-up per loop, and no generic thread hand-off per step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
-from anyio.lowlevel import RunVar
 
 __all__ = ["Done", "GroupCommit", "Ticket", "Waitable"]
 
@@ -50,6 +54,12 @@ class GroupCommit(Generic[T]):
         self._writing = False
         self._failure: BaseException | None = None
         self._failed: list[tuple[int, int, BaseException]] = []
+        # Called (on the writer's thread) after each batch: wake async waiters' loops.
+        self._wakers: list[Callable[[], None]] = []
+        self._thread: threading.Thread | None = None
+        # Per event loop, the task that waits for the writer thread right now, as an
+        # event the other tasks of that loop wait on.
+        self._leaders: dict[object, anyio.Event] = {}
 
     def ticket(self, item: T) -> Ticket:
         """Queue ``item``; the ticket waits for it to be written (sync or async)."""
@@ -87,30 +97,110 @@ class GroupCommit(Generic[T]):
                     raise self._on_error(self._failure) from self._failure
                 if self._writing:
                     self._cond.wait()
-                    continue
-                batch, self._queue = self._queue, []
-                first, upto, self._writing = self._done + 1, self._queued, True
-                self._cond.release()
-                failure: BaseException | None = None
-                try:
-                    self._write(batch)
-                except BaseException as exc:
-                    failure = exc
-                finally:
-                    self._cond.acquire()
-                    self._writing = False
+                else:
+                    self._write_queued()
+            self._raise_failure_of(ticket)
+
+    async def wait_async(self, ticket: int) -> None:
+        """:meth:`wait` without blocking the event loop: the writer thread writes."""
+        key, call_soon = _running_loop()
+        while not self.done(ticket):
+            leader = self._leaders.get(key)
+            if leader is not None:
+                await leader.wait()
+                continue
+            leader = self._leaders[key] = anyio.Event()
+            try:
+                # Everything queued so far, this loop's other tasks' items included.
+                await self._written_async(self.queued(), call_soon)
+            finally:
+                del self._leaders[key]
+                leader.set()
+        with self._cond:
+            if self._done < ticket and self._failure is not None:
+                raise self._on_error(self._failure) from self._failure
+            self._raise_failure_of(ticket)
+
+    async def _written_async(self, ticket: int, call_soon: Callable[[Any], object]) -> None:
+        while True:
+            woken = anyio.Event()
+            wake = functools.partial(_wake, call_soon, woken.set)
+            with self._cond:
+                if self.done(ticket):
+                    return
+                self._wakers.append(wake)
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._serve, name="duravoke-writer", daemon=True
+                    )
+                    self._thread.start()
+                else:
                     self._cond.notify_all()
-                if failure is not None and self._sticky:
+            await woken.wait()
+
+    def _serve(self) -> None:
+        """The writer thread: writes what is queued, exits after a second with nothing."""
+        with self._cond:
+            while True:
+                if self._queue and not self._writing and self._failure is None:
+                    self._write_queued()
+                elif not self._cond.wait(timeout=_IDLE) and not (
+                    self._queue and self._failure is None
+                ):
+                    self._thread = None
+                    return
+
+    def _write_queued(self) -> None:
+        """Write the queued batch (the condition is held, and released while writing)."""
+        batch, self._queue = self._queue, []
+        first, upto, self._writing = self._done + 1, self._queued, True
+        self._cond.release()
+        failure: BaseException | None = None
+        try:
+            self._write(batch)
+        except BaseException as exc:
+            failure = exc
+        finally:
+            self._cond.acquire()
+            self._writing = False
+            if failure is not None:
+                if self._sticky:
                     self._failure = failure
-                    raise self._on_error(failure) from failure
-                self._done = upto
-                if failure is not None:
-                    # Kept for the waiters of that batch; a few suffice, since they are
-                    # woken right now.
-                    self._failed = [*self._failed[-63:], (first, upto, failure)]
-            for first, upto, failure in self._failed:
-                if first <= ticket <= upto:
-                    raise self._on_error(failure) from failure
+                # Kept for the waiters of that batch; a few suffice, since they are woken
+                # right now.
+                self._failed = [*self._failed[-63:], (first, upto, failure)]
+            self._done = upto
+            wakers, self._wakers = self._wakers, []
+            self._cond.notify_all()
+            for wake in wakers:
+                wake()
+
+    def _raise_failure_of(self, ticket: int) -> None:
+        for first, upto, failure in self._failed:
+            if first <= ticket <= upto:
+                raise self._on_error(failure) from failure
+
+
+#: How long the writer thread waits for work before it exits.
+_IDLE = 1.0
+
+
+def _wake(call_soon: Callable[[Any], object], callback: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        call_soon(callback)
+
+
+def _running_loop() -> tuple[object, Callable[[Any], object]]:
+    """The running event loop (a key) and its thread-safe "call this soon"."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        trio = sys.modules.get("trio")
+        if trio is None:
+            raise
+        token = trio.lowlevel.current_trio_token()
+        return token, token.run_sync_soon
+    return loop, loop.call_soon_threadsafe
 
 
 class Waitable(Protocol):
@@ -133,11 +223,6 @@ class Done:
         """Nothing to wait for."""
 
 
-# Per event loop: the task that waits for the writer in a worker thread right now, as an
-# event the other tasks of that loop wait on.
-_flushing: RunVar[dict[int, anyio.Event]] = RunVar("duravoke_flushing")
-
-
 class Ticket:
     """An item queued in a :class:`GroupCommit`; wait for it with :meth:`wait` or
     :meth:`wait_async`."""
@@ -154,26 +239,4 @@ class Ticket:
 
     async def wait_async(self) -> None:
         """Wait until the item is written without blocking the event loop."""
-        commit, number = self._commit, self._number
-        try:
-            flushing = _flushing.get()
-        except LookupError:
-            flushing = {}
-            _flushing.set(flushing)
-        key = id(commit)
-        while not commit.done(number):
-            event = flushing.get(key)
-            if event is not None:
-                await event.wait()
-                continue
-            event = flushing[key] = anyio.Event()
-            try:
-                # Everything queued so far, this loop's other tasks' items included. A
-                # failure of other items' batch is theirs to raise, below.
-                with contextlib.suppress(Exception):
-                    await anyio.to_thread.run_sync(commit.wait, commit.queued())
-            finally:
-                del flushing[key]
-                event.set()
-            break
-        commit.wait(number)  # done: returns, or raises the failure of its batch
+        await self._commit.wait_async(self._number)

@@ -209,6 +209,9 @@ class View:
     places: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     #: The last message sequence number of each (workflow id, topic).
     seqs: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: The workflows whose last record in the log is "forget": a state file of theirs
+    #: (which a checkpoint running meanwhile may write) is void.
+    forgotten: set[str] = field(default_factory=set)
 
     def take(self, number: int, offset: int, entries: Iterable[Entry]) -> None:
         """Learn the entries of the frame at ``offset`` of segment ``number``."""
@@ -218,10 +221,12 @@ class View:
                 places.append((number, offset))
             if record.get("forget"):
                 self.summaries.pop(workflow_id, None)
+                self.forgotten.add(workflow_id)
                 self.places[workflow_id] = [(number, offset)]
                 for key in [k for k in self.seqs if k[0] == workflow_id]:
                     del self.seqs[key]
                 continue
+            self.forgotten.discard(workflow_id)
             summary = self.summaries.get(workflow_id)
             if summary is None:
                 summary = self.summaries[workflow_id] = new_summary()

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -140,6 +140,11 @@ RETURNING seq
 _MESSAGES = """
 SELECT seq, data FROM {s}.messages
 WHERE workflow_id = %(id)s AND topic = %(topic)s AND seq > %(after)s ORDER BY seq
+"""
+
+_WITH_MESSAGES = """
+SELECT DISTINCT workflow_id FROM {s}.messages
+WHERE workflow_id = ANY(%(ids)s) AND topic = %(topic)s
 """
 
 _DROP_MESSAGES = "DELETE FROM {s}.messages WHERE workflow_id = %(id)s"
@@ -277,6 +282,7 @@ class PostgresStore(Store):
         self._send_sql = _SEND.format(s=s).encode()
         self._messages_sql = _MESSAGES.format(s=s).encode()
         self._drop_messages_sql = _DROP_MESSAGES.format(s=s).encode()
+        self._with_messages_sql = _WITH_MESSAGES.format(s=s).encode()
         self._version_sql = _VERSION.format(s=s).encode()
         self._pool_size = pool_size
         self._ready = False
@@ -344,6 +350,12 @@ class PostgresStore(Store):
         what = f"read the messages of workflow {check_workflow_id(workflow_id)!r}"
         params = {"id": _db_id(workflow_id), "topic": topic, "after": after}
         return [(int(seq), data) for seq, data in self._query(what, self._messages_sql, params)]
+
+    def with_messages(self, topic: str, workflow_ids: Iterable[str]) -> set[str]:
+        """One query for all of ``workflow_ids``."""
+        params = {"ids": [_db_id(check_workflow_id(w)) for w in workflow_ids], "topic": topic}
+        rows = self._query(f"read the messages on {topic!r}", self._with_messages_sql, params)
+        return {_py_id(row[0]) for row in rows}
 
     def drop_messages(self, workflow_id: str) -> bool:
         """Delete the workflow's message rows."""

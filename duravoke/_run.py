@@ -26,14 +26,12 @@ from ._logging import logger
 from ._state import Record, State, apply, now_iso
 
 if TYPE_CHECKING:
+    from ._cancel import CancelWatch
     from ._serializer import Serializer
     from ._store import Lease, Store
     from ._typed import ResultCodec
 
 __all__ = ["Cancelled", "Frame", "Run", "Step", "Suspended"]
-
-#: How often a run looks for a cancellation request, at most, in seconds.
-CANCEL_CHECK_INTERVAL = 0.5
 
 
 class Suspended(BaseException):
@@ -230,7 +228,7 @@ class Run:
         context: Context,
         entry: Callable[[], Record | None] | None = None,
         started: Record | None = None,
-        cancel_requested: Callable[[], bool] | None = None,
+        cancel_watch: CancelWatch | None = None,
         store: Store | None = None,
         suspend_after: float | None = None,
     ) -> None:
@@ -264,8 +262,7 @@ class Run:
             point = entry()
             if point is not None:
                 event["entry"] = point
-        self._cancel_requested = cancel_requested
-        self._cancel_checked = -CANCEL_CHECK_INTERVAL
+        self._cancel_watch = cancel_watch
         self._cancel_seen = False
         apply(state, event)
         self.pending: list[Record] = [event]
@@ -319,7 +316,7 @@ class Run:
                     self.workflow_id,
                 )
             return step
-        if self._cancel_seen or (not on_loop and self.poll_cancel()):
+        if self._cancel_seen or (self.cancel_known() if on_loop else self.poll_cancel()):
             raise Cancelled(self.workflow_id)
         if len(args_json) <= ARGS_PREVIEW_LIMIT:
             step.args = encoded
@@ -330,24 +327,24 @@ class Run:
     def cancel_poll_due(self) -> bool:
         """Whether :meth:`poll_cancel` would look in the store now (async callers then
         call it in a worker thread)."""
-        return (
-            self._cancel_requested is not None
-            and not self._cancel_seen
-            and time.monotonic() - self._cancel_checked >= CANCEL_CHECK_INTERVAL
-        )
+        watch = self._cancel_watch
+        return watch is not None and not self._cancel_seen and watch.known(self.workflow_id) is None
+
+    def cancel_known(self) -> bool:
+        """Whether a cancellation is known to be requested, without looking in the store."""
+        if self._cancel_watch is not None and self._cancel_watch.known(self.workflow_id):
+            self._cancel_seen = True
+        return self._cancel_seen
 
     def poll_cancel(self) -> bool:
         """Whether a cancellation was requested (``duravoke cancel``).
 
-        Looks in the store at most every :data:`CANCEL_CHECK_INTERVAL` seconds (it may
-        wait for the store: never call it on an event loop) and remembers a yes.
+        Looks in the store at most every ``CANCEL_CHECK_INTERVAL`` seconds, for all of
+        this process's runs on the store at once (it may wait for the store: never call
+        it on an event loop), and remembers a yes.
         """
-        if self._cancel_requested is None or self._cancel_seen:
-            return self._cancel_seen
-        now = time.monotonic()
-        if now - self._cancel_checked >= CANCEL_CHECK_INTERVAL:
-            self._cancel_checked = now
-            self._cancel_seen = self._cancel_requested()
+        if self._cancel_watch is not None and not self._cancel_seen:
+            self._cancel_seen = self._cancel_watch.check(self.workflow_id)
         return self._cancel_seen
 
     def _skip_beneath(self, sid: str) -> None:
@@ -425,6 +422,8 @@ class Run:
                 self.lease.append([*self.pending, event])
         finally:
             self.lease.close()
+            if self._cancel_watch is not None:
+                self._cancel_watch.unwatch(self.workflow_id)
         log = logger.info if exc is None or isinstance(signal, Suspended) else logger.warning
         log(
             "workflow %r %s%s: %d steps replayed, %d executed, %d failed",

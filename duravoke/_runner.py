@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
+from ._cancel import CANCEL_TOPIC
 from ._errors import (
     WorkflowBusyError,
     WorkflowCancelledError,
@@ -34,7 +35,7 @@ from ._registry import Registered, decode_arguments, encode_entry, lookup
 from ._run import Cancelled, Suspended, find_signal
 from ._state import DEFAULT_POLICY, State, apply, decide, now_iso
 from ._store import Store
-from ._workflow import CANCEL_TOPIC, Workflow
+from ._workflow import Workflow
 
 __all__ = [
     "Outcome",

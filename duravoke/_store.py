@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -193,14 +193,11 @@ class Store(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot hold messages")
 
-    def last_message(self, workflow_id: str, topic: str) -> int:
-        """The sequence number of the last message on ``topic`` (0: none yet).
-
-        Cheaper than :meth:`messages` where the store keeps an index (the file stores
-        answer from their view of the log, without reading the workflow).
-        """
-        found = self.messages(workflow_id, topic, 0)
-        return found[-1][0] if found else 0
+    def with_messages(self, topic: str, workflow_ids: Iterable[str]) -> set[str]:
+        """Which of ``workflow_ids`` ever had a message on ``topic``, in one lookup where
+        the store can (the file stores answer from their view of the log, Postgres in
+        one query)."""
+        return {w for w in workflow_ids if self.messages(w, topic, 0)}
 
     def drop_messages(self, workflow_id: str) -> bool:
         """Delete a workflow's inbox; tell whether it had one."""

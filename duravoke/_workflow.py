@@ -9,15 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._cancel import watch_of
 from ._context import Context, Entered, active_workflows, current_step
 from ._errors import OutsideStepError, WorkflowCancelledError, WorkflowError
 from ._identity import check_workflow_id, idempotency_key_for
 from ._run import Cancelled, Run, find_signal
 from ._state import Record, State
 from ._store import waits
-
-#: The inbox topic that asks a running workflow to stop (``duravoke cancel``).
-CANCEL_TOPIC = "duravoke.cancel"
 
 if TYPE_CHECKING:
     from ._serializer import Serializer
@@ -94,6 +92,7 @@ class Workflow:
                 self._admit(state)
             if state["status"] == "cancelled":
                 raise _cancelled(workflow_id)
+            watch = watch_of(store)
             run = Run(
                 workflow_id,
                 lease,
@@ -103,7 +102,7 @@ class Workflow:
                 context=self._context,
                 entry=self._entry,
                 started=self._started,
-                cancel_requested=lambda: _cancel_requested(store, workflow_id),
+                cancel_watch=watch,
                 store=store,
                 suspend_after=self._suspend_after,
             )
@@ -112,6 +111,7 @@ class Workflow:
                 # before recording anything must still use up an attempt.
                 run.lease.append(run.pending)
                 run.pending = []
+            watch.watch(workflow_id)  # last: from here on, finish() unwatches
             return run
         except BaseException:
             lease.close()
@@ -185,13 +185,6 @@ def _raise_if_cancelled(exc: BaseException | None) -> None:
     if isinstance(find_signal(exc), Cancelled):
         assert exc is not None
         raise _cancelled(getattr(find_signal(exc), "workflow_id", "?")) from exc
-
-
-def _cancel_requested(store: Store, workflow_id: str) -> bool:
-    try:
-        return store.last_message(workflow_id, CANCEL_TOPIC) > 0
-    except NotImplementedError:  # a store without an inbox cannot be cancelled remotely
-        return False
 
 
 def idempotency_key() -> str:

@@ -203,6 +203,29 @@ def test_forget(d: duravoke.Duravoke, store: duravoke.Store) -> None:
     assert info.value.workflow_id == "a"
 
 
+def test_a_state_file_written_back_after_forget_is_void(tmp_path: Path) -> None:
+    # A checkpoint that read the log before a "forget" can write the workflow's state
+    # file after forget deleted it. The log's forget record wins until the next fold.
+    store = duravoke.DirectoryStore(tmp_path / "s")
+    d = duravoke.Duravoke(store)
+    child, _, _ = _steps(d)
+    with d.workflow("gone"):
+        child(1)
+    store.checkpoint()
+    (state_file,) = (tmp_path / "s").glob("gone.*.json")
+    stale = state_file.read_bytes()
+    duravoke.forget("gone", store)
+    assert not state_file.exists()
+    state_file.write_bytes(stale)  # what the late checkpoint writes
+    assert duravoke.list_workflows(store) == []
+    with pytest.raises(duravoke.WorkflowNotFoundError):
+        duravoke.get_workflow("gone", store)
+    with pytest.raises(duravoke.WorkflowNotFoundError):
+        duravoke.forget("gone", store)
+    store.checkpoint()  # folds the forget record: the stale file goes
+    assert not state_file.exists()
+
+
 def test_default_store_and_store_strings(tmp_path: Path, duravoke_home: Path) -> None:
     @duravoke.duravoke(name="inspect-default")
     def f(x: int) -> int:

@@ -1,0 +1,158 @@
+"""Group commit's async path: a writer thread writes, each event loop is woken per batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import pytest
+
+from duravoke._groupcommit import GroupCommit
+
+
+class Disk:
+    """A write function that records batches; slow like an fsync, failing on request."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.written: set[int] = set()
+        self.delay = delay
+        self.fail_on: set[int] = set()
+        self.threads: set[str] = set()
+
+    def write(self, batch: list[int]) -> None:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail_on & set(batch):
+            raise OSError(28, "No space left on device")
+        self.batches.append(list(batch))
+        self.written.update(batch)
+
+
+def _error(failure: BaseException) -> Exception:
+    return RuntimeError(f"write failed: {failure!r}")
+
+
+@pytest.mark.anyio
+async def test_async_waiters_share_batches_written_off_the_loop() -> None:
+    disk = Disk(delay=0.02)
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error)
+    returned_early: list[int] = []
+    queued: list[int] = []
+    ticks = 0
+
+    async def one(item: int) -> None:
+        ticket = commit.ticket(item)
+        queued.append(item)
+        await ticket.wait_async()
+        if item not in disk.written:
+            returned_early.append(item)
+
+    async def ticker(done: anyio.Event) -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.001)
+
+    done = anyio.Event()
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(ticker, done)
+            async with anyio.create_task_group() as tg:
+                for item in range(300):
+                    tg.start_soon(one, item)
+            done.set()
+    assert returned_early == []
+    assert sorted(queued) == list(range(300))
+    assert [i for batch in disk.batches for i in batch] == queued  # once, in queue order
+    assert len(disk.batches) < 300  # shared: the first batch alone holds every early item
+    assert disk.threads == {"duravoke-writer"}  # the event loop's thread never wrote
+    assert ticks >= 5  # the loop ran on while the writer slept in its "fsync"
+
+
+@pytest.mark.anyio
+async def test_a_failed_batch_raises_in_its_async_waiters_only() -> None:
+    disk = Disk()
+    disk.fail_on = {3}
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error, sticky=False)
+    with anyio.fail_after(60):
+        for item in range(3):
+            await commit.ticket(item).wait_async()
+        with pytest.raises(RuntimeError, match="No space left"):
+            await commit.ticket(3).wait_async()
+        await commit.ticket(4).wait_async()  # not sticky: the next batch is written
+    assert disk.written == {0, 1, 2, 4}
+
+
+@pytest.mark.anyio
+async def test_a_sticky_failure_refuses_later_items() -> None:
+    disk = Disk()
+    disk.fail_on = {0}
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error)
+    with anyio.fail_after(60):
+        with pytest.raises(RuntimeError, match="No space left"):
+            await commit.ticket(0).wait_async()
+        with pytest.raises(RuntimeError, match="No space left"):
+            await commit.ticket(1).wait_async()
+    with pytest.raises(RuntimeError, match="No space left"):
+        commit.submit(2)
+    assert disk.written == set()
+
+
+def test_loops_in_several_threads_and_sync_callers_share_one_commit() -> None:
+    disk = Disk(delay=0.002)
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error)
+    errors: list[BaseException] = []
+
+    async def loop_main(base: int) -> None:
+        async def one(item: int) -> None:
+            await commit.ticket(item).wait_async()
+            assert item in disk.written
+
+        async with anyio.create_task_group() as tg:
+            for item in range(base, base + 100):
+                tg.start_soon(one, item)
+
+    def in_thread(base: int, backend: str) -> None:
+        try:
+            anyio.run(loop_main, base, backend=backend)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def sync_caller(base: int) -> None:
+        for item in range(base, base + 50):
+            commit.submit(item)
+
+    threads = [
+        threading.Thread(target=in_thread, args=(0, "asyncio")),
+        threading.Thread(target=in_thread, args=(1000, "trio")),
+        threading.Thread(target=in_thread, args=(2000, "asyncio")),
+        threading.Thread(target=sync_caller, args=(3000,)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    expected = {*range(100), *range(1000, 1100), *range(2000, 2100), *range(3000, 3050)}
+    assert disk.written == expected
+    assert sum(len(b) for b in disk.batches) == len(expected)  # each written once
+
+
+def test_the_writer_thread_leaves_when_idle_and_comes_back() -> None:
+    disk = Disk()
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error)
+
+    def writers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "duravoke-writer"]
+
+    before = len(writers())
+    anyio.run(commit.ticket(1).wait_async)
+    deadline = time.monotonic() + 10
+    while len(writers()) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(writers()) == before  # no thread kept for an idle commit
+    anyio.run(commit.ticket(2).wait_async)
+    assert disk.written == {1, 2}
