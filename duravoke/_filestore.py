@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ from ._files import (
     remove,
     remove_leftovers,
 )
-from ._groupcommit import Ticket
+from ._groupcommit import Done, Then, Ticket, Waitable
 from ._identity import check_workflow_id
 from ._journal import read_legacy_journal
 from ._log import Entry, Log, check_header, decode_entries, read_frames
@@ -389,14 +390,18 @@ class _FileStore(Store):
             remove(log.segment_path(number), sync=False)
         log.reset()
 
-    def _lease_closed(self) -> None:
+    def _lease_closed(self, *, fold: bool) -> None:
+        """A lease was closed; ``fold``: the caller may wait for a checkpoint."""
         with self._guard:
             self._open_leases -= 1
             idle = self._open_leases == 0
-        if idle and self._fold_when_idle():
+        if idle and fold and self._fold_when_idle():
             self.checkpoint()
             return
-        due = self._idle_checkpoint_due() if idle else self.log().active_size() > _CHECKPOINT_BYTES
+        if idle:
+            due = self._idle_checkpoint_due() or self._fold_when_idle()
+        else:
+            due = self.log().active_size() > _CHECKPOINT_BYTES
         if due and not self._checkpointing.locked():
             # Fold in the background, so that no run (and not the caller of the one that
             # just ended) waits for it; when nothing else of this store runs here, this
@@ -467,10 +472,19 @@ class _FileLease(Lease):
         return log.enqueue(entries)
 
     def close(self) -> None:
+        self._close(fold=True)
+
+    def release(self, records: Sequence[Record]) -> Waitable:
+        # The records ride in a group-commit batch; unlocking a file lock never waits, so
+        # an async caller does it on its event loop (and leaves any fold to a thread).
+        first = self.enqueue(records) if records else Done()
+        return Then(first, self.close, functools.partial(self._close, fold=False))
+
+    def _close(self, *, fold: bool) -> None:
         try:
             self._lock.release()
         finally:
-            self._store._lease_closed()
+            self._store._lease_closed(fold=fold)
 
     def forget(self) -> bool:
         # Whatever its state holds, damaged or not: forgetting is how a damaged workflow

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
 
-__all__ = ["Done", "GroupCommit", "Ticket", "Waitable"]
+__all__ = ["Done", "GroupCommit", "Later", "Then", "Ticket", "Waitable"]
 
 T = TypeVar("T")
 
@@ -240,3 +241,52 @@ class Ticket:
     async def wait_async(self) -> None:
         """Wait until the item is written without blocking the event loop."""
         await self._commit.wait_async(self._number)
+
+
+class Later:
+    """Work done by whoever waits: in the waiting thread, or in a worker thread for an
+    async waiter (it may block)."""
+
+    __slots__ = ("_work",)
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._work = work
+
+    def wait(self) -> None:
+        """Do the work."""
+        self._work()
+
+    async def wait_async(self) -> None:
+        """Do the work in a worker thread."""
+        await anyio.to_thread.run_sync(self._work)
+
+
+class Then:
+    """Wait for ``first``, then (even if it failed) call ``then``: ``then_async`` for an
+    async waiter, which runs on the event loop and so must never block."""
+
+    __slots__ = ("_first", "_then", "_then_async")
+
+    def __init__(
+        self,
+        first: Waitable,
+        then: Callable[[], None],
+        then_async: Callable[[], None] | None = None,
+    ) -> None:
+        self._first = first
+        self._then = then
+        self._then_async = then_async or then
+
+    def wait(self) -> None:
+        """Wait for the first part, then do the second."""
+        try:
+            self._first.wait()
+        finally:
+            self._then()
+
+    async def wait_async(self) -> None:
+        """Wait for the first part without blocking the loop, then do the second."""
+        try:
+            await self._first.wait_async()
+        finally:
+            self._then_async()

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ._groupcommit import Done, Waitable
+from ._groupcommit import Done, Then, Waitable
 from ._state import Record, State, apply, new_state
 from ._store import Lease, Store
 
@@ -90,6 +90,10 @@ class _MemoryLease(Lease):
 
     def close(self) -> None:
         self._lock.release()
+
+    def release(self, records: Sequence[Record]) -> Waitable:
+        # Nothing here waits: done at once, on an event loop too.
+        return Then(self.enqueue(records), self.close)
 
     def forget(self) -> bool:
         with self._store._guard:

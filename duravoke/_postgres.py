@@ -18,6 +18,7 @@ moment are one statement, one transaction, one COMMIT (group commit across workf
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -37,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     psycopg_pool = None  # type: ignore[assignment]
 
 from ._errors import CorruptStateError, StoreError
-from ._groupcommit import GroupCommit, Ticket
+from ._groupcommit import GroupCommit, Then, Ticket, Waitable
 from ._identity import check_workflow_id
 from ._json import compact
 from ._state import Record, State, apply, new_state
@@ -152,6 +153,7 @@ _DROP_MESSAGES = "DELETE FROM {s}.messages WHERE workflow_id = %(id)s"
 _VERSION = "SELECT version FROM {s}.meta"
 
 _TRY_LOCK = b"SELECT pg_try_advisory_lock(%s)"
+_UNLOCK_MANY = b"SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) AS k"
 
 _ESCAPED = re.compile("%(25|00)")
 
@@ -533,7 +535,8 @@ class _Session:
         self.held: set[int] = set()  # advisory lock keys taken through this session
         self.dead = False
         self.failed_ids = ""
-        self.commit: GroupCommit[tuple[_PostgresLease, Sequence[Record]]] = GroupCommit(
+        # (lease, its records, whether to release its lock once they are committed)
+        self.commit: GroupCommit[tuple[_PostgresLease, Sequence[Record], bool]] = GroupCommit(
             self._write, self._failed
         )
 
@@ -552,8 +555,18 @@ class _Session:
             self.held.discard(key)
             if not self.dead:
                 self._execute(what, b"SELECT pg_advisory_unlock(%s)", [key])
-            if not self.held and self.store._session is not self:
-                self.close()  # replaced (or the store closed) while in use
+            self._close_if_replaced()
+
+    def forget_key(self, key: int) -> None:
+        """After a batch that released ``key`` (or failed, which killed the session).
+
+        Called on event loops: it takes no lock (the set's own operations are atomic).
+        """
+        self.held.discard(key)
+
+    def _close_if_replaced(self) -> None:
+        if not self.held and self.store._session is not self:
+            self.close()  # replaced (or the store closed) while in use
 
     def _execute(
         self, what: str, query: bytes, params: Sequence[Any] | dict[str, Any]
@@ -568,10 +581,13 @@ class _Session:
                 raise self.store._error(what, exc) from exc
             raise
 
-    def _write(self, batch: list[tuple[_PostgresLease, Sequence[Record]]]) -> None:
+    def _write(self, batch: list[tuple[_PostgresLease, Sequence[Record], bool]]) -> None:
         headers: dict[str, str] = {}
         steps: dict[tuple[str, str], str] = {}
-        for lease, records in batch:
+        releases = [lease._key for lease, _records, release in batch if release]
+        for lease, records, _release in batch:
+            if not records:
+                continue
             for record in records:
                 apply(lease.header, record)
                 sid = record.get("sid")
@@ -590,7 +606,13 @@ class _Session:
             try:
                 if self.dead:
                     raise StoreError("the session to the server was lost")
-                self.conn.execute(self.store._save_sql, params)
+                if headers:
+                    self.conn.execute(self.store._save_sql, params)
+                if releases:
+                    # After the COMMIT above: the next holder of a lock sees every record.
+                    self.conn.execute(_UNLOCK_MANY, [releases])
+                    self.held.difference_update(releases)
+                    self._close_if_replaced()
             except BaseException:
                 self.close()  # its state, and with it the locks, is unknown now
                 self.failed_ids = ", ".join(sorted({repr(_py_id(i)) for i in headers}))
@@ -628,10 +650,16 @@ class _PostgresLease(Lease):
         self.enqueue(records).wait()
 
     def enqueue(self, records: Sequence[Record]) -> Ticket:
-        return self._session.commit.ticket((self, records))
+        return self._session.commit.ticket((self, records, False))
 
     def close(self) -> None:
         self._session.unlock(self._key, f"release workflow {self.workflow_id!r}")
+
+    def release(self, records: Sequence[Record]) -> Waitable:
+        # The unlock rides in the batch (one statement for all the runs that end in it),
+        # so an async run ends without a thread hand-off and a round trip of its own.
+        ticket = self._session.commit.ticket((self, records, True))
+        return Then(ticket, functools.partial(self._session.forget_key, self._key))
 
     def forget(self) -> bool:
         what = f"forget workflow {self.workflow_id!r}"

@@ -407,6 +407,25 @@ class Run:
         A run that only replayed writes nothing, unless its outcome differs from the
         recorded one.
         """
+        records, event = self._ending(exc)
+        try:
+            self.lease.release(records).wait()
+        finally:
+            self._unwatch()
+        self._log_end(exc, event)
+
+    async def afinish(self, exc: BaseException | None) -> None:
+        """:meth:`finish` without blocking the event loop (nor, where the store can end
+        a run in a group-commit batch, a thread hand-off of its own)."""
+        records, event = self._ending(exc)
+        try:
+            await self.lease.release(records).wait_async()
+        finally:
+            self._unwatch()
+        self._log_end(exc, event)
+
+    def _ending(self, exc: BaseException | None) -> tuple[list[Record], Record]:
+        """(the records to write, the ending event) of a run that ended with ``exc``."""
         signal = find_signal(exc)
         event: Record = {"event": _outcome(exc), "at": now_iso(), "run": self.state["runs"]}
         if isinstance(signal, Suspended):
@@ -417,13 +436,16 @@ class Run:
             event["error"] = error_repr(exc)
         wrote = not self.pending
         apply(self.state, event)
-        try:
-            if wrote or _summary(self.state) != self.before:
-                self.lease.append([*self.pending, event])
-        finally:
-            self.lease.close()
-            if self._cancel_watch is not None:
-                self._cancel_watch.unwatch(self.workflow_id)
+        if wrote or _summary(self.state) != self.before:
+            return [*self.pending, event], event
+        return [], event
+
+    def _unwatch(self) -> None:
+        if self._cancel_watch is not None:
+            self._cancel_watch.unwatch(self.workflow_id)
+
+    def _log_end(self, exc: BaseException | None, event: Record) -> None:
+        signal = find_signal(exc)
         log = logger.info if exc is None or isinstance(signal, Suspended) else logger.warning
         log(
             "workflow %r %s%s: %d steps replayed, %d executed, %d failed",

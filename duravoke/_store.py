@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
-from ._groupcommit import Waitable
+from ._groupcommit import Later, Waitable
 from ._logging import logger
 from ._state import Record, State, decide, summarize
 
@@ -55,6 +56,17 @@ class Lease(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the lock (what was appended is recorded already)."""
+
+    def release(self, records: Sequence[Record]) -> Waitable:
+        """Queue a run's last ``records`` (maybe none), then the lock's release.
+
+        Waiting on the result returns once the records are durable and the lock is
+        released; if writing fails, it raises, with the lock released all the same. This
+        default does both in the waiting call (a worker thread, for async callers);
+        stores that can, make them part of a group-commit batch, so that an async run
+        ends without a thread hand-off of its own.
+        """
+        return Later(functools.partial(_append_then_close, self, records))
 
     @abc.abstractmethod
     def forget(self) -> bool:
@@ -205,6 +217,14 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most stores keep nothing open
         """Release what the store keeps open (connections, files); it can be used again."""
+
+
+def _append_then_close(lease: Lease, records: Sequence[Record]) -> None:
+    try:
+        if records:
+            lease.append(records)
+    finally:
+        lease.close()
 
 
 def check_durability(durability: object) -> Durability:

@@ -167,7 +167,7 @@ class Workflow:
         run = self._exit()
         # Even when cancelled, the run must be closed and its lock released.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(run.finish, exc)
+            await run.afinish(exc)
         _raise_if_cancelled(exc)
 
 
