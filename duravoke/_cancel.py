@@ -27,25 +27,28 @@ CANCEL_CHECK_INTERVAL = 0.5
 
 
 class CancelWatch:
-    """Which of this process's running workflows on one store were asked to cancel."""
+    """Which of this process's running workflows on one store were asked to cancel.
+
+    A request is never taken back, so answers only ever turn from no to yes.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # Held only for a few dict operations (never across a lookup): fine on a loop.
         self._lock = threading.Lock()
         self._running: Counter[str] = Counter()  # runs in this process, per workflow id
-        self._covered: set[str] = set()  # the ids the last lookup answered for
         self._asked: set[str] = set()
         self._checked = -CANCEL_CHECK_INTERVAL
+        self._looking = False
 
     def watch(self, workflow_id: str) -> None:
-        """Look for requests to ``workflow_id`` until :meth:`unwatch`; it may wait for the
-        store (a worker thread's work): a request sent before the run started counts."""
+        """Look for requests to ``workflow_id`` until :meth:`unwatch`. It looks at once, so
+        it may wait for the store (a worker thread's work): a request sent before the
+        run started counts before its first step."""
         asked = _asked(self._store, [workflow_id])
         with self._lock:
             self._running[workflow_id] += 1
-            self._covered.add(workflow_id)
-            if asked:
-                self._asked.add(workflow_id)
+            self._asked |= asked
 
     def unwatch(self, workflow_id: str) -> None:
         """The run of ``workflow_id`` ended."""
@@ -53,37 +56,35 @@ class CancelWatch:
             self._running[workflow_id] -= 1
             if self._running[workflow_id] <= 0:
                 del self._running[workflow_id]
+                self._asked.discard(workflow_id)
 
-    def known(self, workflow_id: str) -> bool | None:
-        """The answer for ``workflow_id`` if it is fresh, else None; never waits."""
-        if time.monotonic() - self._checked >= CANCEL_CHECK_INTERVAL:
-            return None
-        if workflow_id in self._asked:
+    def asked(self, workflow_id: str) -> bool:
+        """The answer as of the last lookup; never waits."""
+        return workflow_id in self._asked
+
+    def due(self) -> bool:
+        """Whether the caller should look now, with :meth:`look` (it then does so for
+        every run of the process: the others keep using the last answers meanwhile).
+        Never waits."""
+        with self._lock:
+            if self._looking or time.monotonic() - self._checked < CANCEL_CHECK_INTERVAL:
+                return False
+            self._looking = True
             return True
-        return False if workflow_id in self._covered else None
 
-    def check(self, workflow_id: str) -> bool:
-        """The answer for ``workflow_id``, looked up for every watched run if it is not
-        fresh (it may wait for the store: never call it on an event loop)."""
-        with self._lock:
-            known = self.known(workflow_id)
-            if known is not None:
-                return known
-            ids = sorted({*self._running, workflow_id})
-            # Other runs keep the answers they have until this lookup ends, rather than
-            # all looking up at once.
-            self._checked = time.monotonic()
-            self._covered.add(workflow_id)
+    def look(self) -> None:
+        """Look up every watched run, after :meth:`due` said so (it may wait for the
+        store: never call it on an event loop)."""
         try:
-            asked = _asked(self._store, ids)
-        except BaseException:
             with self._lock:
-                self._checked = -CANCEL_CHECK_INTERVAL  # look again next time
-            raise
-        with self._lock:
-            self._covered, self._asked = set(ids), asked
-            self._checked = time.monotonic()
-        return workflow_id in asked
+                ids = list(self._running)
+            asked = _asked(self._store, ids)
+            with self._lock:
+                self._asked |= asked & set(self._running)
+        finally:
+            with self._lock:
+                self._checked = time.monotonic()
+                self._looking = False
 
 
 def _asked(store: Store, workflow_ids: list[str]) -> set[str]:

@@ -48,7 +48,7 @@ from ._files import (
 from ._groupcommit import Done, Then, Ticket, Waitable
 from ._identity import check_workflow_id
 from ._journal import read_legacy_journal
-from ._log import Entry, Log, check_header, decode_entries, read_frames
+from ._log import Entry, Log, View, check_header, decode_entries, read_frames
 from ._logging import logger
 from ._snapshot import dump_snapshot, load_snapshot
 from ._state import Record, State, apply, new_state, now_iso, summarize
@@ -85,22 +85,28 @@ def default_folder() -> Path:
 def _file_stem(workflow_id: str) -> str:
     # Never the raw id: a readable, safe prefix for people, then a hash for uniqueness.
     # No leading "-" (a file named like an option) or "." (hidden).
+    return _stems(workflow_id)[0]
+
+
+@functools.lru_cache(maxsize=4096)  # every open and read names the files again
+def _stems(workflow_id: str) -> tuple[str, str]:
+    """(the stem of the workflow's files, the stem duravoke 0.2 gave them)."""
     digest = hashlib.sha256(workflow_id.encode("utf-8")).hexdigest()[:32]
-    slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_-.")
-    return f"{slug}.{digest}" if slug else digest
+    slug = _UNSAFE.sub("_", workflow_id)[:48]
+    new, old = slug.strip("_-."), slug.strip("_")
+    return (f"{new}.{digest}" if new else digest), (f"{old}.{digest}" if old else "")
 
 
 def _existing(folder: Path, workflow_id: str, suffix: str) -> Path:
     """The workflow's file with ``suffix``: under its name, or under the name that
     duravoke 0.2 gave it (a leading "-" or "." was kept then) if only that exists."""
-    path = folder / f"{_file_stem(workflow_id)}{suffix}"
-    if not path.exists():
-        digest = hashlib.sha256(workflow_id.encode("utf-8")).hexdigest()[:32]
-        slug = _UNSAFE.sub("_", workflow_id)[:48].strip("_")
-        old = folder / f"{slug}.{digest}{suffix}" if slug else path
-        if old != path and old.exists():
-            return old
-    return path
+    stem, old = _stems(workflow_id)
+    path = os.path.join(folder, stem + suffix)
+    if old and old != stem and not os.path.exists(path):
+        old_path = os.path.join(folder, old + suffix)
+        if os.path.exists(old_path):
+            return Path(old_path)
+    return Path(path)
 
 
 class _FileStore(Store):
@@ -154,8 +160,10 @@ class _FileStore(Store):
 
     def read(self, workflow_id: str) -> State | None:
         """Snapshot plus log, without the lock (a torn last frame is ignored)."""
-        check_workflow_id(workflow_id)
-        forgotten, records = self._log_entries(workflow_id)
+        return self._read(check_workflow_id(workflow_id))
+
+    def _read(self, workflow_id: str, view: View | None = None) -> State | None:
+        forgotten, records = self._log_entries(workflow_id, view)
         state = None if forgotten else self._base_state(workflow_id)
         if records:
             state = state or new_state()
@@ -190,11 +198,14 @@ class _FileStore(Store):
         return [(seq, data) for seq, data, _at in inbox if seq > after]
 
     def with_messages(self, topic: str, workflow_ids: Iterable[str]) -> set[str]:
-        """From the view of the log and the index: no state file or frame is read."""
+        """From the view of the log and the index (as of at most 50 ms ago): no state
+        file or frame is read."""
         ids = [check_workflow_id(w) for w in workflow_ids]
         if not (self._folder() / "log").is_dir():
             return set()
-        seqs = self.log().view().seqs
+        # Polled answers: a view caught up 50 ms ago will do (this process's own sends
+        # are in it at once).
+        seqs = self.log().view(max_age=0.05).seqs
         return {w for w in ids if seqs.get((w, topic), 0) > 0}
 
     def drop_messages(self, workflow_id: str) -> bool:
@@ -253,10 +264,10 @@ class _FileStore(Store):
         """The shell command that salvages this store (``duravoke salvage --store ...``)."""
         return f"duravoke salvage --store {shlex.quote(self.location)}"
 
-    def _log_entries(self, workflow_id: str) -> tuple[bool, list[Record]]:
-        if not (self._folder() / "log").is_dir():
+    def _log_entries(self, workflow_id: str, view: View | None) -> tuple[bool, list[Record]]:
+        if view is None and not (self._folder() / "log").is_dir():
             return False, []
-        return self.log().entries(workflow_id)
+        return self.log().entries(workflow_id, view)
 
     def _base_state(self, workflow_id: str) -> State | None:
         """The snapshot with an old-format journal (written by duravoke 0.2) on top."""
@@ -458,9 +469,10 @@ class _FileLease(Lease):
         self._log: Log | None = None
 
     def load(self) -> State:
-        self._log = self._store.log()
-        state = self._store.read(self.workflow_id) or new_state()
-        self._log.make_durable()  # before any of it is replayed
+        log = self._log = self._store.log()
+        view = log.view()  # caught up once, now that the lock is held
+        state = self._store._read(self.workflow_id, view) or new_state()
+        log.make_durable(view)  # before any of it is replayed
         return state
 
     def append(self, records: Sequence[Record]) -> None:

@@ -35,6 +35,7 @@ import json
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -265,6 +266,7 @@ class Log:
         # file's descriptor would each "take" it.
         self._guard = threading.RLock()
         self._view: View | None = None
+        self._caught_up = 0.0  # time.monotonic() of the view's last catch-up
         self._fd: int | None = None  # the active segment, open for writing
         self._active: _Segment | None = None
         self._size = 0  # the active segment's size: frames, then zeros
@@ -275,9 +277,15 @@ class Log:
 
     # --- reading -----------------------------------------------------------------------
 
-    def view(self) -> View:
-        """The view, caught up with everything the log holds now (torn end excluded)."""
+    def view(self, max_age: float = 0.0) -> View:
+        """The view, caught up with everything the log holds now (torn end excluded).
+
+        ``max_age``: a view caught up less than this many seconds ago will do (for
+        answers that are polled anyway, such as "was a message sent").
+        """
         with self._guard:
+            if self._view is not None and time.monotonic() - self._caught_up < max_age:
+                return self._view
             numbers = self.segment_numbers()
             view = self._view
             if view is not None and any(
@@ -290,9 +298,10 @@ class Log:
                 covers, summaries, seqs = self._base()
                 view = self._view = View(covers=covers, summaries=summaries, seqs=seqs)
             self._catch_up(view, numbers)
+            self._caught_up = time.monotonic()
             return view
 
-    def make_durable(self) -> None:
+    def make_durable(self, view: View | None = None) -> None:
         """Make durable every frame the view holds, before a run relies on them.
 
         Another process may have written a frame and died before its fsync: its steps
@@ -303,7 +312,7 @@ class Log:
         if not self.sync:
             return
         with self._guard:
-            view = self.view()
+            view = view or self.view()
             pending = [(s, s.end) for s in view.segments.values() if s.end > s.synced]
         for segment, end in pending:
             with contextlib.suppress(FileNotFoundError):  # folded and deleted meanwhile
@@ -319,10 +328,11 @@ class Log:
         with self._guard:
             self._view = None
 
-    def entries(self, workflow_id: str) -> tuple[bool, list[Record]]:
-        """(whether the workflow was forgotten, its records in the log since then), in order."""
+    def entries(self, workflow_id: str, view: View | None = None) -> tuple[bool, list[Record]]:
+        """(whether the workflow was forgotten, its records in the log since then), in order,
+        as ``view`` (default: the view caught up now) knows them."""
         with self._guard:
-            view = self.view()
+            view = view or self.view()
             places = list(view.places.get(workflow_id, ()))
             segments = dict(view.segments)
         found: list[Record] = []

@@ -316,7 +316,7 @@ class Run:
                     self.workflow_id,
                 )
             return step
-        if self._cancel_seen or (self.cancel_known() if on_loop else self.poll_cancel()):
+        if self._cancel_seen or (self.cancel_known() if on_loop else self._check_cancel()):
             raise Cancelled(self.workflow_id)
         if len(args_json) <= ARGS_PREVIEW_LIMIT:
             step.args = encoded
@@ -325,27 +325,30 @@ class Run:
         return step
 
     def cancel_poll_due(self) -> bool:
-        """Whether :meth:`poll_cancel` would look in the store now (async callers then
-        call it in a worker thread)."""
+        """Whether to look for a cancellation now, with :meth:`poll_cancel` (async callers
+        call it in a worker thread). Never waits; a yes must be followed by the look."""
         watch = self._cancel_watch
-        return watch is not None and not self._cancel_seen and watch.known(self.workflow_id) is None
+        return watch is not None and not self._cancel_seen and watch.due()
 
     def cancel_known(self) -> bool:
         """Whether a cancellation is known to be requested, without looking in the store."""
-        if self._cancel_watch is not None and self._cancel_watch.known(self.workflow_id):
+        if self._cancel_watch is not None and self._cancel_watch.asked(self.workflow_id):
             self._cancel_seen = True
         return self._cancel_seen
 
     def poll_cancel(self) -> bool:
-        """Whether a cancellation was requested (``duravoke cancel``).
+        """Look for a cancellation request (``duravoke cancel``), after
+        :meth:`cancel_poll_due` said so: for all of this process's runs on the store at
+        once. It may wait for the store: never call it on an event loop."""
+        if self._cancel_watch is not None:
+            self._cancel_watch.look()
+        return self.cancel_known()
 
-        Looks in the store at most every ``CANCEL_CHECK_INTERVAL`` seconds, for all of
-        this process's runs on the store at once (it may wait for the store: never call
-        it on an event loop), and remembers a yes.
-        """
-        if self._cancel_watch is not None and not self._cancel_seen:
-            self._cancel_seen = self._cancel_watch.check(self.workflow_id)
-        return self._cancel_seen
+    def _check_cancel(self) -> bool:
+        # Off any event loop: look if it is time to, then answer.
+        if self.cancel_poll_due():
+            return self.poll_cancel()
+        return self.cancel_known()
 
     def _skip_beneath(self, sid: str) -> None:
         # The body of a replayed step is skipped, but an uninterrupted run would have
