@@ -201,7 +201,7 @@ class _FileStore(Store):
         """From the view of the log and the index (as of at most 50 ms ago): no state
         file or frame is read."""
         ids = [check_workflow_id(w) for w in workflow_ids]
-        if not (self._folder() / "log").is_dir():
+        if self._folder() not in self._logs and not (self._folder() / "log").is_dir():
             return set()
         # Polled answers: a view caught up 50 ms ago will do (this process's own sends
         # are in it at once).
@@ -247,12 +247,16 @@ class _FileStore(Store):
 
     def log(self) -> Log:
         """The log of this store's folder, as this store object uses it."""
-        folder = self._folder() / "log"
+        home = self._folder()
+        log = self._logs.get(home)  # the common case, without building a path
+        if log is not None:
+            return log
+        folder = home / "log"
         with self._guard:
-            log = self._logs.get(folder)
+            log = self._logs.get(home)
             if log is None:
                 ensure_folder(folder)
-                log = self._logs[folder] = Log(
+                log = self._logs[home] = Log(
                     folder,
                     sync=self.durability == "fsync",
                     base=self._index,
