@@ -14,6 +14,8 @@ import weakref
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from ._groupcommit import Batcher
+
 if TYPE_CHECKING:
     from ._store import Store
 
@@ -40,15 +42,18 @@ class CancelWatch:
         self._asked: set[str] = set()
         self._checked = -CANCEL_CHECK_INTERVAL
         self._looking = False
+        # The first look of runs that start together is one lookup.
+        self._first: Batcher[str, bool] = Batcher(self._first_look, False)
 
     def watch(self, workflow_id: str) -> None:
         """Look for requests to ``workflow_id`` until :meth:`unwatch`. It looks at once, so
         it may wait for the store (a worker thread's work): a request sent before the
         run started counts before its first step."""
-        asked = _asked(self._store, [workflow_id])
+        asked = self._first.get(workflow_id)
         with self._lock:
             self._running[workflow_id] += 1
-            self._asked |= asked
+            if asked:
+                self._asked.add(workflow_id)
 
     def unwatch(self, workflow_id: str) -> None:
         """The run of ``workflow_id`` ended."""
@@ -85,6 +90,9 @@ class CancelWatch:
             with self._lock:
                 self._checked = time.monotonic()
                 self._looking = False
+
+    def _first_look(self, workflow_ids: list[str]) -> dict[str, bool]:
+        return dict.fromkeys(_asked(self._store, workflow_ids), True)
 
 
 def _asked(store: Store, workflow_ids: list[str]) -> set[str]:

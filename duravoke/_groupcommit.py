@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import sys
 import threading
@@ -24,9 +25,11 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
-__all__ = ["Done", "GroupCommit", "Later", "Then", "Ticket", "Waitable"]
+__all__ = ["Batcher", "Done", "GroupCommit", "Later", "Then", "Ticket", "Waitable"]
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class GroupCommit(Generic[T]):
@@ -290,3 +293,52 @@ class Then:
             await self._first.wait_async()
         finally:
             self._then_async()
+
+
+class Batcher(Generic[K, V]):
+    """Answers lookups that threads make at the same time with one call of ``lookup``.
+
+    ``lookup(keys)`` returns the answers it has (a key it leaves out gets ``default``).
+    The first caller in looks up every key queued so far, as group commit writes, so
+    500 workflows opened at once cost a few queries rather than 500. With ``exclusive``,
+    the answer is something taken (a lock): of several requests for one key in a batch,
+    only the first gets it, the others get ``default``.
+    """
+
+    def __init__(
+        self, lookup: Callable[[list[K]], dict[K, V]], default: V, *, exclusive: bool = False
+    ) -> None:
+        self._lookup = lookup
+        self._default = default
+        self._exclusive = exclusive
+        self._commit: GroupCommit[_Request[K, V]] = GroupCommit(self._run, _copy_of, sticky=False)
+
+    def get(self, key: K) -> V:
+        """The answer for ``key`` (it may wait for the lookup: not on an event loop)."""
+        request = _Request(key, self._default)
+        self._commit.submit(request)
+        return request.value
+
+    def _run(self, batch: list[_Request[K, V]]) -> None:
+        found = self._lookup(list(dict.fromkeys(r.key for r in batch)))
+        for request in batch:
+            if request.key in found:
+                request.value = found.pop(request.key) if self._exclusive else found[request.key]
+
+
+class _Request(Generic[K, V]):
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: K, value: V) -> None:
+        self.key = key
+        self.value = value
+
+
+def _copy_of(failure: BaseException) -> Exception:
+    # Each waiter of a failed batch raises an exception of its own (same type, message).
+    if isinstance(failure, Exception):
+        try:
+            return copy.copy(failure)
+        except Exception:  # pragma: no cover - an exception that cannot be copied
+            return failure
+    return RuntimeError(f"the lookup was interrupted: {failure!r}")

@@ -18,7 +18,6 @@ moment are one statement, one transaction, one COMMIT (group commit across workf
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import re
@@ -38,7 +37,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
     psycopg_pool = None  # type: ignore[assignment]
 
 from ._errors import CorruptStateError, StoreError
-from ._groupcommit import GroupCommit, Then, Ticket, Waitable
+from ._groupcommit import Batcher, GroupCommit, Ticket, Waitable
 from ._identity import check_workflow_id
 from ._json import compact
 from ._state import Record, State, apply, new_state
@@ -92,6 +91,14 @@ SELECT 0, 0::bigint, state FROM {s}.workflows WHERE id = %(id)s
 UNION ALL
 SELECT 1, seq, record FROM {s}.steps WHERE workflow_id = %(id)s
 ORDER BY 1, 2
+"""
+
+# _LOAD for many workflows at once (the ones whose runs start together).
+_LOAD_MANY = """
+SELECT id, 0, 0::bigint, state FROM {s}.workflows WHERE id = ANY(%(ids)s)
+UNION ALL
+SELECT workflow_id, 1, seq, record FROM {s}.steps WHERE workflow_id = ANY(%(ids)s)
+ORDER BY 1, 2, 3
 """
 
 # One statement, so one transaction: the workflow row and its new step records.
@@ -152,7 +159,7 @@ _DROP_MESSAGES = "DELETE FROM {s}.messages WHERE workflow_id = %(id)s"
 
 _VERSION = "SELECT version FROM {s}.meta"
 
-_TRY_LOCK = b"SELECT pg_try_advisory_lock(%s)"
+_TRY_LOCKS = b"SELECT k, pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) AS k"
 _UNLOCK_MANY = b"SELECT pg_advisory_unlock(k) FROM unnest(%s::bigint[]) AS k"
 
 _ESCAPED = re.compile("%(25|00)")
@@ -277,6 +284,8 @@ class PostgresStore(Store):
         s = _quote(schema)
         self._create = _CREATE.format(s=s, version=SCHEMA_VERSION).encode()
         self._load_sql = _LOAD.format(s=s).encode()
+        self._load_many_sql = _LOAD_MANY.format(s=s).encode()
+        self._loads: Batcher[str, State | None] = Batcher(self._read_many, None)
         self._save_sql = _SAVE.format(s=s).encode()
         self._forget_sql = _FORGET.format(s=s).encode()
         self._ids_sql = _IDS.format(s=s).encode()
@@ -308,7 +317,7 @@ class PostgresStore(Store):
         """Take the workflow's advisory lock without waiting (on this process's session)."""
         key = _lock_key("workflow", self.schema, check_workflow_id(workflow_id))
         session = self._current_session()
-        if not session.try_lock(key, f"lock workflow {workflow_id!r}"):
+        if not session.try_lock(key):
             return None
         return _PostgresLease(self, session, workflow_id, key)
 
@@ -317,6 +326,18 @@ class PostgresStore(Store):
         what = f"read workflow {check_workflow_id(workflow_id)!r}"
         rows = self._query(what, self._load_sql, {"id": _db_id(workflow_id)})
         return self._rebuild(workflow_id, rows)
+
+    def _read_many(self, workflow_ids: list[str]) -> dict[str, State | None]:
+        """Several workflows' states in one statement (the loads of runs that start at
+        the same time)."""
+        if len(workflow_ids) == 1:
+            return {workflow_ids[0]: self.read(workflow_ids[0])}
+        what = f"read {len(workflow_ids)} workflows"
+        params = {"ids": [_db_id(w) for w in workflow_ids]}
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        for db_id, *row in self._query(what, self._load_many_sql, params):
+            rows.setdefault(_py_id(db_id), []).append(tuple(row))
+        return {w: self._rebuild(w, rows.get(w, [])) for w in workflow_ids}
 
     def workflow_ids(self) -> list[str]:
         """Every workflow with recorded state."""
@@ -539,16 +560,23 @@ class _Session:
         self.commit: GroupCommit[tuple[_PostgresLease, Sequence[Record], bool]] = GroupCommit(
             self._write, self._failed
         )
+        self.attempts: Batcher[int, bool] = Batcher(self._try_locks, False, exclusive=True)
 
-    def try_lock(self, key: int, what: str) -> bool:
+    def try_lock(self, key: int) -> bool:
+        """Take advisory lock ``key`` without waiting; attempts made at the same time by
+        several threads share one statement."""
+        return self.attempts.get(key)
+
+    def _try_locks(self, keys: list[int]) -> dict[int, bool]:
         with self.lock:
-            if key in self.held:
-                return False  # another thread of this process runs it
-            row = self._execute(what, _TRY_LOCK, [key]).fetchone()
-            if row is None or not row[0]:
-                return False
-            self.held.add(key)
-            return True
+            # Held here already: another thread of this process runs it.
+            fresh = [key for key in keys if key not in self.held]
+            if not fresh:
+                return {}
+            what = f"lock {len(fresh)} workflow(s)"
+            taken = {k for k, ok in self._execute(what, _TRY_LOCKS, [fresh]) if ok}
+            self.held |= taken
+            return dict.fromkeys(taken, True)
 
     def unlock(self, key: int, what: str) -> None:
         with self.lock:
@@ -556,13 +584,6 @@ class _Session:
             if not self.dead:
                 self._execute(what, b"SELECT pg_advisory_unlock(%s)", [key])
             self._close_if_replaced()
-
-    def forget_key(self, key: int) -> None:
-        """After a batch that released ``key`` (or failed, which killed the session).
-
-        Called on event loops: it takes no lock (the set's own operations are atomic).
-        """
-        self.held.discard(key)
 
     def _close_if_replaced(self) -> None:
         if not self.held and self.store._session is not self:
@@ -642,7 +663,8 @@ class _PostgresLease(Lease):
         self.header = new_state()
 
     def load(self) -> State:
-        state = self._store.read(self.workflow_id) or new_state()
+        # Batched with the loads of other runs starting now; the lock is held already.
+        state = self._store._loads.get(self.workflow_id) or new_state()
         self.header = {**state, "steps": {}}
         return state
 
@@ -658,8 +680,10 @@ class _PostgresLease(Lease):
     def release(self, records: Sequence[Record]) -> Waitable:
         # The unlock rides in the batch (one statement for all the runs that end in it),
         # so an async run ends without a thread hand-off and a round trip of its own.
-        ticket = self._session.commit.ticket((self, records, True))
-        return Then(ticket, functools.partial(self._session.forget_key, self._key))
+        # Nothing to do after it: the batch forgets the key as it unlocks it (forgetting
+        # it later could forget another thread's new hold of it), and a failed batch
+        # kills the session, with every lock it held.
+        return self._session.commit.ticket((self, records, True))
 
     def forget(self) -> bool:
         what = f"forget workflow {self.workflow_id!r}"

@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from duravoke._groupcommit import GroupCommit
+from duravoke._groupcommit import Batcher, GroupCommit
 
 
 class Disk:
@@ -156,3 +156,26 @@ def test_the_writer_thread_leaves_when_idle_and_comes_back() -> None:
     assert len(writers()) == before  # no thread kept for an idle commit
     anyio.run(commit.ticket(2).wait_async)
     assert disk.written == {1, 2}
+
+
+def test_an_exclusive_batcher_grants_a_key_once_per_lookup() -> None:
+    # Lock attempts for one key made together by several threads: the lock is taken
+    # once per lookup, so only one of the batch's requests may get it.
+    lookups: list[list[str]] = []
+
+    def take(keys: list[str]) -> dict[str, bool]:
+        lookups.append(keys)
+        time.sleep(0.2)  # the other threads queue meanwhile
+        return dict.fromkeys(keys, True)
+
+    batcher: Batcher[str, bool] = Batcher(take, False, exclusive=True)
+    got: list[bool] = []
+    threads = [threading.Thread(target=lambda: got.append(batcher.get("k"))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert len(got) == 8
+    assert len(lookups) < 8  # requests were batched
+    assert got.count(True) == len(lookups)  # one grant per lookup, never per request
