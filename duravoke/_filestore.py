@@ -422,7 +422,20 @@ class _FileStore(Store):
             # just ended) waits for it; when nothing else of this store runs here, this
             # makes the state files current soon, and exit makes them current at once.
             name = "duravoke-checkpoint"
-            threading.Thread(target=self.checkpoint, name=name, daemon=True).start()
+            threading.Thread(target=self._checkpoint_quietly, name=name, daemon=True).start()
+
+    def _checkpoint_quietly(self) -> None:
+        """A background checkpoint: a failure is logged, not raised in a thread nobody
+        joins. It loses nothing: the log keeps every record, and the next one retries."""
+        try:
+            self.checkpoint()
+        except Exception as exc:
+            logger.warning(
+                "a background checkpoint of %s failed (%r); every record stays in the log"
+                " and the next checkpoint tries again",
+                self.location,
+                exc,
+            )
 
     def _idle_checkpoint_due(self) -> bool:
         return self.log().active_size() > _IDLE_CHECKPOINT_BYTES

@@ -271,6 +271,8 @@ class Log:
         self._active: _Segment | None = None
         self._size = 0  # the active segment's size: frames, then zeros
         self._synced = 0  # where our last fsync of the active segment reached
+        # (active segment's number, the name of the one after it), built once per segment
+        self._next_name: tuple[int, str] | None = None
         # Not sticky: after a failed write (disk full) the next one re-reads the segment
         # and, finding its end torn, starts a new one.
         self._commit: GroupCommit[list[Entry]] = GroupCommit(self._write, self._error, sticky=False)
@@ -462,7 +464,9 @@ class Log:
             return False
         if os.fstat(self._fd).st_nlink == 0:
             return False  # folded into the snapshots and deleted by a checkpoint
-        if os.path.exists(self.segment_path(active.number + 1)):
+        if self._next_name is None or self._next_name[0] != active.number:
+            self._next_name = (active.number, str(self.segment_path(active.number + 1)))
+        if os.path.exists(self._next_name[1]):
             return False  # sealed by a checkpoint, or torn and abandoned
         return not any(os.pread(self._fd, 64, active.end))
 
