@@ -35,7 +35,9 @@ class CancelWatch:
     """
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        # Weak: the registry of watches is keyed weakly by store, and a strong reference
+        # from its value would keep every store (and its open files) alive forever.
+        self._store = weakref.ref(store)
         # Held only for a few dict operations (never across a lookup): fine on a loop.
         self._lock = threading.Lock()
         self._running: Counter[str] = Counter()  # runs in this process, per workflow id
@@ -83,7 +85,7 @@ class CancelWatch:
         try:
             with self._lock:
                 ids = list(self._running)
-            asked = _asked(self._store, ids)
+            asked = _asked(self._store(), ids)
             with self._lock:
                 self._asked |= asked & set(self._running)
         finally:
@@ -92,10 +94,12 @@ class CancelWatch:
                 self._looking = False
 
     def _first_look(self, workflow_ids: list[str]) -> dict[str, bool]:
-        return dict.fromkeys(_asked(self._store, workflow_ids), True)
+        return dict.fromkeys(_asked(self._store(), workflow_ids), True)
 
 
-def _asked(store: Store, workflow_ids: list[str]) -> set[str]:
+def _asked(store: Store | None, workflow_ids: list[str]) -> set[str]:
+    if store is None:  # gone: nobody runs on it any more
+        return set()
     try:
         return store.with_messages(CANCEL_TOPIC, workflow_ids)
     except NotImplementedError:  # a store without an inbox cannot be cancelled remotely

@@ -543,6 +543,12 @@ class Log:
             self.rotate(view, numbers[-1] + 1)
             return numbers[-1]
 
+    def __del__(self) -> None:
+        # A log dropped without close() (its store garbage collected) gives its file
+        # descriptors back: a process that opens many stores must not run out of them.
+        with contextlib.suppress(Exception):
+            self.close()
+
     def close(self) -> None:
         """Close the active segment's file and the lock file."""
         with self._guard:
