@@ -198,9 +198,9 @@ class FileLock:
         if self._held:
             self._keep_open = False
             return
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None  # forgotten first: never closed twice
+        if fd is not None and self._pid == os.getpid():
+            os.close(fd)
 
     def __enter__(self) -> None:
         self.acquire()

@@ -477,9 +477,9 @@ class Log:
         segment = view.segments.get(newest) if newest > view.covers else None
         if segment is not None and segment is self._active and self._fd is not None:
             return segment
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd, self._active = None, None
+        fd, self._fd, self._active = self._fd, None, None  # forgotten first
+        if fd is not None:
+            os.close(fd)
         # A segment without its header frame is one whose creation a crash interrupted:
         # a frame written at its start would be taken for the header.
         if segment is not None and not segment.torn and segment.frames:
@@ -497,8 +497,11 @@ class Log:
 
     def rotate(self, view: View, number: int) -> _Segment:
         """Start segment ``number`` (the log lock is held); it becomes the active one."""
-        if self._fd is not None:
-            os.close(self._fd)
+        # Forgotten first: if the open below fails, a later close() must not close this
+        # number again (the process may have reused it for another file).
+        fd, self._fd, self._active = self._fd, None, None
+        if fd is not None:
+            os.close(fd)
         path = self.segment_path(number)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._size = 0
@@ -552,9 +555,9 @@ class Log:
     def close(self) -> None:
         """Close the active segment's file and the lock file."""
         with self._guard:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd, self._active = None, None
+            fd, self._fd, self._active = self._fd, None, None  # forgotten first
+            if fd is not None:
+                os.close(fd)
             self._lock.close()
 
     def _error(self, failure: BaseException) -> StoreError:
