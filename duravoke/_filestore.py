@@ -349,11 +349,16 @@ class _FileStore(Store):
         """Fold the log into the snapshots and the index, then delete what they hold.
 
         Runs in the background of ordinary use (when the log has grown, when a run ends
-        with nothing else going on, at exit); call it to make the state files current.
+        with nothing else going on) and at exit; call it to make the state files current.
+        A checkpoint of this store object in progress (in the background) is waited for
+        first: it may have sealed the log before the newest records.
         """
+        self._checkpoint(wait=True)
+
+    def _checkpoint(self, *, wait: bool) -> None:
         with contextlib.ExitStack() as stack:
-            if not self._checkpointing.acquire(blocking=False):
-                return  # this store object is at it already
+            if not self._checkpointing.acquire(blocking=wait):
+                return  # this store object is at it already (in the background)
             stack.callback(self._checkpointing.release)
             lock = FileLock(self._folder() / "log" / "checkpoint.lock")
             if not lock.acquire(blocking=False):
@@ -428,7 +433,7 @@ class _FileStore(Store):
         """A background checkpoint: a failure is logged, not raised in a thread nobody
         joins. It loses nothing: the log keeps every record, and the next one retries."""
         try:
-            self.checkpoint()
+            self._checkpoint(wait=False)
         except Exception as exc:
             logger.warning(
                 "a background checkpoint of %s failed (%r); every record stays in the log"

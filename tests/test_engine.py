@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -234,3 +235,40 @@ def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> No
     with kkv.workflow("w"):
         kkv_step(0)
     assert not stale.exists()  # a small shared file is rewritten when a run ends
+
+
+def test_exit_waits_for_a_background_checkpoint(tmp_path: Path) -> None:
+    # An async run ends by starting its checkpoint in the background; a script that exits
+    # right after must still leave its state file current (exit waits for that one).
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            import duravoke
+
+            d = duravoke.Duravoke(duravoke.PersistedKKV("state.json"))
+
+            @d.duravoke
+            async def step(i: int) -> int:
+                return i
+
+            @d.duravoke
+            async def main() -> int:
+                return sum([await step(i) for i in range(20)])
+
+            print(asyncio.run(main()))
+            """
+        )
+    )
+    for run in range(5):
+        for stale in tmp_path.glob("state.json*"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        proc = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "190"
+        assert (tmp_path / "state.json").exists(), f"run {run}: no state file at exit"
+        assert "main" in (tmp_path / "state.json").read_text()
