@@ -13,8 +13,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import anyio
-
 from ._context import Context, active_workflows
 from ._errors import WorkflowError
 from ._identity import CallIdentity, function_name, implicit_workflow_id
@@ -88,8 +86,7 @@ def _async_wrapper(
             async with own_workflow(args, kwargs):
                 return await async_wrapper(*args, **kwargs)
         run = frame.run
-        if run.cancel_poll_due():  # at most every 0.5 s: off the loop, it may wait
-            await anyio.to_thread.run_sync(run.poll_cancel)
+        await run.apoll_cancel()  # at most every 0.5 s
         step = run.begin(frame, identity, args, kwargs, codec, on_loop=True)
         if step.replayed:
             return step.value

@@ -201,7 +201,7 @@ class _FileStore(Store):
         """From the view of the log and the index (as of at most 50 ms ago): no state
         file or frame is read."""
         ids = [check_workflow_id(w) for w in workflow_ids]
-        if self._folder() not in self._logs and not (self._folder() / "log").is_dir():
+        if not self._has_log():
             return set()
         # Polled answers: a view caught up 50 ms ago will do (this process's own sends
         # are in it at once).
@@ -268,8 +268,13 @@ class _FileStore(Store):
         """The shell command that salvages this store (``duravoke salvage --store ...``)."""
         return f"duravoke salvage --store {shlex.quote(self.location)}"
 
+    def _has_log(self) -> bool:
+        """Whether the store has a log (reading must not create one)."""
+        home = self._folder()
+        return home in self._logs or (home / "log").is_dir()
+
     def _log_entries(self, workflow_id: str, view: View | None) -> tuple[bool, list[Record]]:
-        if view is None and not (self._folder() / "log").is_dir():
+        if view is None and not self._has_log():
             return False, []
         return self.log().entries(workflow_id, view)
 
@@ -415,11 +420,12 @@ class _FileStore(Store):
         with self._guard:
             self._open_leases -= 1
             idle = self._open_leases == 0
-        if idle and fold and self._fold_when_idle():
-            self.checkpoint()
-            return
         if idle:
-            due = self._idle_checkpoint_due() or self._fold_when_idle()
+            fold_now = self._fold_when_idle()
+            if fold_now and fold:
+                self.checkpoint()
+                return
+            due = fold_now or self._idle_checkpoint_due()
         else:
             due = self.log().active_size() > _CHECKPOINT_BYTES
         if due and not self._checkpointing.locked():

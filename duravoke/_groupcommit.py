@@ -120,10 +120,7 @@ class GroupCommit(Generic[T]):
             finally:
                 del self._leaders[key]
                 leader.set()
-        with self._cond:
-            if self._done < ticket and self._failure is not None:
-                raise self._on_error(self._failure) from self._failure
-            self._raise_failure_of(ticket)
+        self.wait(ticket)  # done: returns, or raises the failure of its batch
 
     async def _written_async(self, ticket: int, call_soon: Callable[[Any], object]) -> None:
         while True:

@@ -87,14 +87,6 @@ INSERT INTO {s}.meta (version) SELECT {version} WHERE NOT EXISTS (SELECT FROM {s
 
 # One statement, so one snapshot: a reader never sees half of a transaction.
 _LOAD = """
-SELECT 0, 0::bigint, state FROM {s}.workflows WHERE id = %(id)s
-UNION ALL
-SELECT 1, seq, record FROM {s}.steps WHERE workflow_id = %(id)s
-ORDER BY 1, 2
-"""
-
-# _LOAD for many workflows at once (the ones whose runs start together).
-_LOAD_MANY = """
 SELECT id, 0, 0::bigint, state FROM {s}.workflows WHERE id = ANY(%(ids)s)
 UNION ALL
 SELECT workflow_id, 1, seq, record FROM {s}.steps WHERE workflow_id = ANY(%(ids)s)
@@ -284,7 +276,6 @@ class PostgresStore(Store):
         s = _quote(schema)
         self._create = _CREATE.format(s=s, version=SCHEMA_VERSION).encode()
         self._load_sql = _LOAD.format(s=s).encode()
-        self._load_many_sql = _LOAD_MANY.format(s=s).encode()
         self._loads: Batcher[str, State | None] = Batcher(self._read_many, None)
         self._save_sql = _SAVE.format(s=s).encode()
         self._forget_sql = _FORGET.format(s=s).encode()
@@ -323,19 +314,18 @@ class PostgresStore(Store):
 
     def read(self, workflow_id: str) -> State | None:
         """The workflow's recorded state, read in one snapshot without its lock."""
-        what = f"read workflow {check_workflow_id(workflow_id)!r}"
-        rows = self._query(what, self._load_sql, {"id": _db_id(workflow_id)})
-        return self._rebuild(workflow_id, rows)
+        return self._read_many([check_workflow_id(workflow_id)])[workflow_id]
 
     def _read_many(self, workflow_ids: list[str]) -> dict[str, State | None]:
-        """Several workflows' states in one statement (the loads of runs that start at
-        the same time)."""
+        """Workflows' states in one statement, so one snapshot (the loads of runs that
+        start at the same time share it)."""
         if len(workflow_ids) == 1:
-            return {workflow_ids[0]: self.read(workflow_ids[0])}
-        what = f"read {len(workflow_ids)} workflows"
+            what = f"read workflow {workflow_ids[0]!r}"
+        else:
+            what = f"read {len(workflow_ids)} workflows"
         params = {"ids": [_db_id(w) for w in workflow_ids]}
         rows: dict[str, list[tuple[Any, ...]]] = {}
-        for db_id, *row in self._query(what, self._load_many_sql, params):
+        for db_id, *row in self._query(what, self._load_sql, params):
             rows.setdefault(_py_id(db_id), []).append(tuple(row))
         return {w: self._rebuild(w, rows.get(w, [])) for w in workflow_ids}
 

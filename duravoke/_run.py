@@ -352,6 +352,12 @@ class Run:
             self._cancel_watch.look()
         return self.cancel_known()
 
+    async def apoll_cancel(self) -> None:
+        """Look for a cancellation request if it is time to, in a worker thread (the
+        look may wait for the store); the next :meth:`begin` on the loop reads it."""
+        if self.cancel_poll_due():
+            await anyio.to_thread.run_sync(self.poll_cancel)
+
     def _check_cancel(self) -> bool:
         # Off any event loop: look if it is time to, then answer.
         if self.cancel_poll_due():
@@ -408,9 +414,7 @@ class Run:
         # Queued here, on the event loop, in call order; every task that queued meanwhile
         # shares the write (group commit), waited for in one worker thread per batch.
         await self.lease.enqueue(self._stage(record)).wait_async()
-        if self.cancel_poll_due():
-            # Off the event loop: the next begin() (on the loop) reads the flag it sets.
-            await anyio.to_thread.run_sync(self.poll_cancel)
+        await self.apoll_cancel()
 
     def finish(self, exc: BaseException | None) -> None:
         """Record how the run ended and release the lock.
