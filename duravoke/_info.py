@@ -18,7 +18,7 @@ from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
 from ._logging import logger
 from ._open import open_store
 from ._serializer import JSONSerializer
-from ._state import State
+from ._state import State, parse_time
 from ._store import Store
 
 __all__ = [
@@ -366,15 +366,6 @@ def short_repr(text: str, limit: int = 80) -> str:
     return r if len(r) <= limit else f"{r[: limit - 20]}...{r[-16:]}"
 
 
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 def _preview(value: object, limit: int = PREVIEW_LIMIT) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -405,7 +396,7 @@ def _step(record: dict[str, Any], running: bool) -> StepInfo:
         function=str(record.get("fn", "?")),
         occurrence=int(record.get("occ", 0)),
         status=status,
-        started=_time(record.get("started")) or _EPOCH,
+        started=parse_time(record.get("started")) or _EPOCH,
         duration=float(record.get("duration", 0.0)),
         args=args,
         result_preview=preview,
@@ -439,11 +430,11 @@ def _workflow_info(  # noqa: PLR0917 - one private builder, called twice
         steps_done=done,
         steps_failed=failed,
         runs=int(header.get("runs") or 0),
-        started=_time(header.get("started")),
-        updated=_time(header.get("updated")),
+        started=parse_time(header.get("started")),
+        updated=parse_time(header.get("updated")),
         error=header.get("error"),
         steps=steps,
-        wake=_time(header.get("wake")),
+        wake=parse_time(header.get("wake")),
         topic=topic if isinstance(topic, str) else None,
         attempts=int(header.get("attempts") or 0),
         entry=entry.get("name") if isinstance(entry, dict) else None,

@@ -46,6 +46,7 @@ __all__ = [
     "new_state",
     "new_summary",
     "now_iso",
+    "parse_time",
     "status_event",
     "summarize",
 ]
@@ -228,7 +229,8 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** min(attempts - 2, 60)))
 
 
-def _when(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
+    """A recorded ISO 8601 time, or None when it is missing or unreadable."""
     if not isinstance(value, str):
         return None
     try:
@@ -256,10 +258,10 @@ def decide(state: State, now: datetime, has_message: bool) -> str | None:
     if status == "pending":
         return "run"
     if status == "sleeping":
-        wake = _when(state.get("wake"))
+        wake = parse_time(state.get("wake"))
         return "run" if wake is None or wake <= now else None
     if status == "waiting":
-        wake = _when(state.get("wake"))
+        wake = parse_time(state.get("wake"))
         return "run" if has_message or (wake is not None and wake <= now) else None
     if status not in ("running", "interrupted", "failed"):
         return None
@@ -268,7 +270,7 @@ def decide(state: State, now: datetime, has_message: bool) -> str | None:
     attempts = int(state.get("attempts", 0))
     if attempts >= max_attempts:
         return None if status == "failed" else "give_up"
-    updated = _when(state.get("updated"))
+    updated = parse_time(state.get("updated"))
     wait = backoff(attempts, base, cap)
     if updated is not None and wait and (now - updated).total_seconds() < wait:
         return None
