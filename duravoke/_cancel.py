@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from ._groupcommit import Batcher
+from ._store import PerStore
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -35,8 +36,8 @@ class CancelWatch:
     """
 
     def __init__(self, store: Store) -> None:
-        # Weak: the registry of watches is keyed weakly by store, and a strong reference
-        # from its value would keep every store (and its open files) alive forever.
+        # Weak: the registry of watches (PerStore) is keyed weakly by store, and a strong
+        # reference from its value would keep every store (and its open files) alive.
         self._store = weakref.ref(store)
         # Held only for a few dict operations (never across a lookup): fine on a loop.
         self._lock = threading.Lock()
@@ -106,14 +107,5 @@ def _asked(store: Store | None, workflow_ids: list[str]) -> set[str]:
         return set()
 
 
-_watches: weakref.WeakKeyDictionary[Store, CancelWatch] = weakref.WeakKeyDictionary()
-_watches_lock = threading.Lock()
-
-
-def watch_of(store: Store) -> CancelWatch:
-    """The one :class:`CancelWatch` of ``store`` in this process."""
-    with _watches_lock:
-        watch = _watches.get(store)
-        if watch is None:
-            watch = _watches[store] = CancelWatch(store)
-        return watch
+#: The one :class:`CancelWatch` of a store in this process.
+watch_of: PerStore[CancelWatch] = PerStore(CancelWatch)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import CorruptStateError, WorkflowBusyError, WorkflowNotFoundError
 from ._groupcommit import Later, Waitable
@@ -217,6 +219,27 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most stores keep nothing open
         """Release what the store keeps open (connections, files); it can be used again."""
+
+
+_T = TypeVar("_T")
+
+
+class PerStore(Generic[_T]):
+    """One object per store in this process (``make(store)`` builds it on first use),
+    freed with the store: what it makes must not hold the store strongly."""
+
+    def __init__(self, make: Callable[[Store], _T]) -> None:
+        self._make = make
+        self._made: weakref.WeakKeyDictionary[Store, _T] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, store: Store) -> _T:
+        """The object of ``store``."""
+        with self._lock:
+            made = self._made.get(store)
+            if made is None:
+                made = self._made[store] = self._make(store)
+            return made
 
 
 def _append_then_close(lease: Lease, records: Sequence[Record]) -> None:

@@ -38,7 +38,6 @@ import socket
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -58,7 +57,7 @@ from ._errors import CorruptStateError, DuravokeError, WorkflowBusyError, Workfl
 from ._info import StepInfo, WorkflowInfo, forget, get_workflow
 from ._runner import retry
 from ._serializer import JSONSerializer
-from ._store import Store
+from ._store import PerStore, Store
 from ._waiting import send_message
 
 __all__ = [
@@ -177,16 +176,7 @@ class _Scan:
             return time.monotonic() - self.at < max(2.0, 5 * self.cost)
 
 
-_scans: weakref.WeakKeyDictionary[Store, _Scan] = weakref.WeakKeyDictionary()
-_scans_guard = threading.Lock()
-
-
-def _scan_of(store: Store) -> _Scan:
-    with _scans_guard:
-        scan = _scans.get(store)
-        if scan is None:
-            scan = _scans[store] = _Scan()
-        return scan
+_scan_of: PerStore[_Scan] = PerStore(lambda _store: _Scan())
 
 
 def _page_of_workflows(
