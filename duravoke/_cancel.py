@@ -48,11 +48,15 @@ class CancelWatch:
         # The first look of runs that start together is one lookup.
         self._first: Batcher[str, bool] = Batcher(self._first_look, False)
 
-    def watch(self, workflow_id: str) -> None:
-        """Look for requests to ``workflow_id`` until :meth:`unwatch`. It looks at once, so
-        it may wait for the store (a worker thread's work): a request sent before the
-        run started counts before its first step."""
-        asked = self._first.get(workflow_id)
+    def first_look(self, workflow_ids: list[str]) -> list[bool]:
+        """Whether each of these workflows, about to run, was asked to cancel: a request
+        sent before a run started counts before its first step. It may wait for the
+        store (a worker thread's work); runs that start together share one lookup."""
+        return self._first.get_many(workflow_ids)
+
+    def watch(self, workflow_id: str, asked: bool) -> None:
+        """Look for requests to ``workflow_id`` until :meth:`unwatch`, starting from the
+        answer of :meth:`first_look`. Never waits."""
         with self._lock:
             self._running[workflow_id] += 1
             if asked:

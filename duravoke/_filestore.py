@@ -158,6 +158,21 @@ class _FileStore(Store):
             self._open_leases += 1
         return _FileLease(self, workflow_id, lock)
 
+    def load_many(self, leases: list[Lease]) -> list[State | Exception]:
+        """The workflows' states, read with one look at the log (their locks are held)."""
+        log = self.log()
+        view = log.view()  # caught up once, now that the locks are held
+        states: list[State | Exception] = []
+        for lease in leases:
+            assert isinstance(lease, _FileLease)
+            lease._log = log
+            try:
+                states.append(self._read(lease.workflow_id, view) or new_state())
+            except Exception as exc:
+                states.append(exc)
+        log.make_durable(view)  # before any of it is replayed
+        return states
+
     def read(self, workflow_id: str) -> State | None:
         """Snapshot plus log, without the lock (a torn last frame is ignored)."""
         return self._read(check_workflow_id(workflow_id))
@@ -497,10 +512,9 @@ class _FileLease(Lease):
         self._log: Log | None = None
 
     def load(self) -> State:
-        log = self._log = self._store.log()
-        view = log.view()  # caught up once, now that the lock is held
-        state = self._store._read(self.workflow_id, view) or new_state()
-        log.make_durable(view)  # before any of it is replayed
+        state = self._store.load_many([self])[0]
+        if isinstance(state, Exception):
+            raise state
         return state
 
     def append(self, records: Sequence[Record]) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
-__all__ = ["Batcher", "Done", "GroupCommit", "Later", "Then", "Ticket", "Waitable"]
+__all__ = ["Batcher", "Done", "GroupCommit", "Later", "Then", "Ticket", "Waitable", "copy_failure"]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -39,6 +39,7 @@ class GroupCommit(Generic[T]):
     ``sticky`` (the default), every later :meth:`submit` raises it too: a failed write
     may have left a partial record, after which nothing may be added. Without, the next
     batch is written as usual (the writer must then recover from a partial write itself).
+    ``name`` names the thread that writes for async callers.
     """
 
     def __init__(
@@ -47,8 +48,10 @@ class GroupCommit(Generic[T]):
         on_error: Callable[[BaseException], Exception],
         *,
         sticky: bool = True,
+        name: str = "duravoke-writer",
     ) -> None:
         self._write = write
+        self._name = name  # of the thread that serves async waiters
         self._on_error = on_error
         self._sticky = sticky
         self._cond = threading.Condition(threading.Lock())
@@ -88,9 +91,13 @@ class GroupCommit(Generic[T]):
         of a task group gets its item queued before the first worker thread even starts,
         so one write serves them all.
         """
+        return self.enqueue_many([item])
+
+    def enqueue_many(self, items: list[T]) -> int:
+        """Queue ``items`` at once, so that one batch holds them all; the ticket of the last."""
         with self._cond:
-            self._queue.append(item)
-            self._queued += 1
+            self._queue.extend(items)
+            self._queued += len(items)
             return self._queued
 
     def wait(self, ticket: int) -> None:
@@ -132,7 +139,7 @@ class GroupCommit(Generic[T]):
                 self._wakers.append(wake)
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(
-                        target=self._serve, name="duravoke-writer", daemon=True
+                        target=self._serve, name=self._name, daemon=True
                     )
                     self._thread.start()
                 else:
@@ -308,13 +315,18 @@ class Batcher(Generic[K, V]):
         self._lookup = lookup
         self._default = default
         self._exclusive = exclusive
-        self._commit: GroupCommit[_Request[K, V]] = GroupCommit(self._run, _copy_of, sticky=False)
+        self._commit: GroupCommit[_Request[K, V]]
+        self._commit = GroupCommit(self._run, copy_failure, sticky=False)
 
     def get(self, key: K) -> V:
         """The answer for ``key`` (it may wait for the lookup: not on an event loop)."""
-        request = _Request(key, self._default)
-        self._commit.submit(request)
-        return request.value
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: list[K]) -> list[V]:
+        """The answers for ``keys``, looked up together (and with other callers' keys)."""
+        requests = [_Request(key, self._default) for key in keys]
+        self._commit.wait(self._commit.enqueue_many(requests))
+        return [request.value for request in requests]
 
     def _run(self, batch: list[_Request[K, V]]) -> None:
         found = self._lookup(list(dict.fromkeys(r.key for r in batch)))
@@ -331,8 +343,9 @@ class _Request(Generic[K, V]):
         self.value = value
 
 
-def _copy_of(failure: BaseException) -> Exception:
-    # Each waiter of a failed batch raises an exception of its own (same type, message).
+def copy_failure(failure: BaseException) -> Exception:
+    """What each waiter of a failed batch raises: an exception of its own (same type and
+    message), so that no two tasks raise (and add tracebacks to) one object."""
     if isinstance(failure, Exception):
         try:
             return copy.copy(failure)

@@ -306,11 +306,30 @@ class PostgresStore(Store):
 
     def try_lock(self, workflow_id: str) -> Lease | None:
         """Take the workflow's advisory lock without waiting (on this process's session)."""
-        key = _lock_key("workflow", self.schema, check_workflow_id(workflow_id))
+        return self.try_lock_many([workflow_id])[0]
+
+    def try_lock_many(self, workflow_ids: list[str]) -> list[Lease | None]:
+        """Take advisory locks without waiting, in one statement with whatever other
+        threads attempt at the same time."""
+        keys = [_lock_key("workflow", self.schema, check_workflow_id(w)) for w in workflow_ids]
         session = self._current_session()
-        if not session.try_lock(key):
-            return None
-        return _PostgresLease(self, session, workflow_id, key)
+        taken = session.attempts.get_many(keys)
+        return [
+            _PostgresLease(self, session, workflow_id, key) if ok else None
+            for workflow_id, key, ok in zip(workflow_ids, keys, taken, strict=True)
+        ]
+
+    def load_many(self, leases: list[Lease]) -> list[State | Exception]:
+        """The workflows' states in one statement (with the loads other threads make at
+        the same time); a state that cannot be read fails them all."""
+        states = self._loads.get_many([lease.workflow_id for lease in leases])
+        loaded: list[State | Exception] = []
+        for lease, found in zip(leases, states, strict=True):
+            assert isinstance(lease, _PostgresLease)
+            state = found or new_state()
+            lease.header = {**state, "steps": {}}
+            loaded.append(state)
+        return loaded
 
     def read(self, workflow_id: str) -> State | None:
         """The workflow's recorded state, read in one snapshot without its lock."""
@@ -552,11 +571,6 @@ class _Session:
         )
         self.attempts: Batcher[int, bool] = Batcher(self._try_locks, False, exclusive=True)
 
-    def try_lock(self, key: int) -> bool:
-        """Take advisory lock ``key`` without waiting; attempts made at the same time by
-        several threads share one statement."""
-        return self.attempts.get(key)
-
     def _try_locks(self, keys: list[int]) -> dict[int, bool]:
         with self.lock:
             # Held here already: another thread of this process runs it.
@@ -653,9 +667,8 @@ class _PostgresLease(Lease):
         self.header = new_state()
 
     def load(self) -> State:
-        # Batched with the loads of other runs starting now; the lock is held already.
-        state = self._store._loads.get(self.workflow_id) or new_state()
-        self.header = {**state, "steps": {}}
+        state = self._store.load_many([self])[0]
+        assert not isinstance(state, Exception)  # it raises for all instead
         return state
 
     def append(self, records: Sequence[Record]) -> None:

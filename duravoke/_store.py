@@ -93,6 +93,17 @@ class Store(abc.ABC):
     def try_lock(self, workflow_id: str) -> Lease | None:
         """Take the workflow's lock without waiting; None when someone else holds it."""
 
+    def try_lock_many(self, workflow_ids: list[str]) -> list[Lease | None]:
+        """:meth:`try_lock` for several workflows at once (a store that can, in one round
+        trip): workflows that start together are opened together."""
+        return [self.try_lock(workflow_id) for workflow_id in workflow_ids]
+
+    def load_many(self, leases: list[Lease]) -> list[State | Exception]:
+        """Each lease's :meth:`Lease.load`, in order; a workflow whose state cannot be
+        loaded gets its error, which is its own (a store that reads all in one round trip
+        may instead raise for all)."""
+        return [_load_or_error(lease) for lease in leases]
+
     @abc.abstractmethod
     def read(self, workflow_id: str) -> State | None:
         """The recorded state of a workflow without taking its lock; None if unknown."""
@@ -240,6 +251,13 @@ class PerStore(Generic[_T]):
             if made is None:
                 made = self._made[store] = self._make(store)
             return made
+
+
+def _load_or_error(lease: Lease) -> State | Exception:
+    try:
+        return lease.load()
+    except Exception as exc:
+        return exc
 
 
 def _append_then_close(lease: Lease, records: Sequence[Record]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -9,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._cancel import watch_of
+from ._cancel import CancelWatch, watch_of
 from ._context import Context, Entered, active_workflows, current_step
 from ._errors import OutsideStepError, WorkflowCancelledError, WorkflowError
+from ._groupcommit import GroupCommit, Waitable, copy_failure
 from ._identity import check_workflow_id, idempotency_key_for
 from ._run import Cancelled, Run, find_signal
 from ._state import Record, State
-from ._store import waits
+from ._store import PerStore, waits
 
 if TYPE_CHECKING:
     from ._serializer import Serializer
@@ -84,42 +86,30 @@ class Workflow:
             )
         return key
 
-    def _open(self, lease: Lease) -> Run:
-        store, workflow_id = self._store, self.workflow_id
-        try:
-            state = lease.load()
-            if self._admit is not None:
-                self._admit(state)
-            if state["status"] == "cancelled":
-                raise _cancelled(workflow_id)
-            watch = watch_of(store)
-            run = Run(
-                workflow_id,
-                lease,
-                state,
-                serializer=self._serializer,
-                location=store.location,
-                context=self._context,
-                entry=self._entry,
-                started=self._started,
-                cancel_watch=watch,
-                store=store,
-                suspend_after=self._suspend_after,
-            )
-            if self._started is not None:
-                # A runner's attempt counts when it starts: a run that kills its process
-                # before recording anything must still use up an attempt.
-                run.lease.append(run.pending)
-                run.pending = []
-            watch.watch(workflow_id)  # last: from here on, finish() unwatches
-            return run
-        except BaseException:
-            lease.close()
-            raise
+    def _start(self, lease: Lease, state: State, watch: CancelWatch) -> Run:
+        """The run of this workflow, whose lock is taken and state loaded."""
+        if self._admit is not None:
+            self._admit(state)
+        if state["status"] == "cancelled":
+            raise _cancelled(self.workflow_id)
+        return Run(
+            self.workflow_id,
+            lease,
+            state,
+            serializer=self._serializer,
+            location=self._store.location,
+            context=self._context,
+            entry=self._entry,
+            started=self._started,
+            cancel_watch=watch,
+            store=self._store,
+            suspend_after=self._suspend_after,
+        )
 
     def _try_open(self) -> Run | None:
-        lease = self._store.try_lock(self.workflow_id)
-        return None if lease is None else self._open(lease)
+        opening = _Opening(self)
+        _open_all([opening])
+        return opening.result()
 
     def _enter(self, run: Run, key: tuple[str, str]) -> None:
         self._run = run
@@ -150,11 +140,15 @@ class Workflow:
     async def __aenter__(self) -> Workflow:
         key = self._check()
         for delay in waits(self.workflow_id, self.timeout):
-            # The lock attempt and the load run in a worker thread: they may wait on a
-            # disk or a network. That call is not interrupted by cancellation, and no
-            # checkpoint stands between it and entering, so a lock it took is always
-            # either entered (and released by __aexit__) or released by _open.
-            run = await anyio.to_thread.run_sync(self._try_open)
+            # The store's opener thread opens it with every workflow that starts now
+            # (the lock attempts, loads and looks for a cancellation may wait on a disk
+            # or a network). Not interrupted by cancellation, and no checkpoint stands
+            # between it and entering, so a lock it took is always either entered (and
+            # released by __aexit__) or released by _open_all.
+            opening = _Opening(self)
+            with anyio.CancelScope(shield=True):
+                await _openers(self._store).ticket(opening).wait_async()
+            run = opening.result()
             if run is not None:
                 self._enter(run, key)
                 return self
@@ -169,6 +163,81 @@ class Workflow:
         with anyio.CancelScope(shield=True):
             await run.afinish(exc)
         _raise_if_cancelled(exc)
+
+
+class _Opening:
+    """A workflow to open, and what opening it gave: a run, nothing (its lock is held
+    elsewhere) or an error."""
+
+    __slots__ = ("error", "run", "workflow")
+
+    def __init__(self, workflow: Workflow) -> None:
+        self.workflow = workflow
+        self.run: Run | None = None
+        self.error: Exception | None = None
+
+    def result(self) -> Run | None:
+        """The run, or None if the workflow is busy; raises what opening it raised."""
+        if self.error is not None:
+            raise self.error
+        return self.run
+
+
+def _open_all(batch: list[_Opening]) -> None:
+    """Open the workflows of ``batch``, all on one store: where the store can, one lock
+    attempt, one load and one look for cancellations serve them all. A lock taken for a
+    workflow that gets no run is released before this returns or raises."""
+    store = batch[0].workflow._store
+    leases = store.try_lock_many([opening.workflow.workflow_id for opening in batch])
+    taken = [(o, lease) for o, lease in zip(batch, leases, strict=True) if lease is not None]
+    complete = False
+    try:
+        _start_all(store, taken)
+        complete = True
+    finally:
+        for opening, lease in taken:
+            if opening.run is None or not complete:
+                opening.run = None
+                # The error that brought us here is the one to report; a lock that
+                # cannot be released went with its session or process.
+                with contextlib.suppress(Exception):
+                    lease.close()
+
+
+def _start_all(store: Store, taken: list[tuple[_Opening, Lease]]) -> None:
+    states = store.load_many([lease for _, lease in taken])
+    watch = watch_of(store)
+    asked = watch.first_look([opening.workflow.workflow_id for opening, _ in taken])
+    started: list[tuple[_Opening, Waitable]] = []
+    for (opening, lease), state in zip(taken, states, strict=True):
+        if isinstance(state, Exception):
+            opening.error = state
+            continue
+        try:
+            run = opening.run = opening.workflow._start(lease, state, watch)
+        except Exception as exc:
+            opening.error = exc
+            continue
+        if opening.workflow._started is not None:
+            # A runner's attempt counts when it starts: a run that kills its process
+            # before recording anything must still use up an attempt.
+            started.append((opening, lease.enqueue(run.pending)))
+            run.pending = []
+    for opening, written in started:
+        try:
+            written.wait()
+        except Exception as exc:
+            opening.run, opening.error = None, exc
+    for (opening, _), cancel in zip(taken, asked, strict=True):
+        if opening.run is not None:
+            watch.watch(opening.workflow.workflow_id, cancel)  # from here on, finish() unwatches
+
+
+#: Per store, the thread that opens the workflows async code enters: those entered at
+#: the same moment are opened together, and each event loop is woken once per batch.
+_openers: PerStore[GroupCommit[_Opening]] = PerStore(
+    lambda store: GroupCommit(_open_all, copy_failure, sticky=False, name="duravoke-opener")
+)
 
 
 def _cancelled(workflow_id: str) -> WorkflowCancelledError:

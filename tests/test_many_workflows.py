@@ -285,3 +285,88 @@ def test_sigkill_in_the_middle_of_cross_workflow_batches(kind: str, tmp_path: Pa
         assert state is not None
         assert (state["status"], len(state["steps"])) == ("completed", 20), f"seed {seed}"
     print(f"seed {seed}: {kills} kills")
+
+
+# --- opening many workflows at once --------------------------------------------------------
+
+
+def _batch_sizes(store: duravoke.Store) -> list[int]:
+    """Record how many workflows each lock attempt of ``store`` asks for."""
+    sizes: list[int] = []
+    try_lock_many = store.try_lock_many
+
+    def counting(workflow_ids: list[str]) -> list[duravoke.Lease | None]:
+        sizes.append(len(workflow_ids))
+        return try_lock_many(workflow_ids)
+
+    store.try_lock_many = counting  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_workflows_entered_together_are_opened_together(store: duravoke.Store) -> None:
+    # 200 tasks enter their workflows at the same moment: the store's opener thread opens
+    # whatever is queued in one go (one lock attempt, one load, one look for
+    # cancellations), not one thread hand-off and round trip per workflow.
+    sizes = _batch_sizes(store)
+    calls: list[tuple[str, int]] = []
+    with anyio.fail_after(120):
+        await run_many(duravoke.Duravoke(store), 200, calls)
+    assert len(calls) == 200 * STEPS
+    assert sum(sizes) == 200  # each opened once: none was found busy
+    assert len(sizes) < 50, sizes
+
+
+async def test_a_damaged_workflow_opened_with_others_fails_alone(tmp_path: Path) -> None:
+    store = make_store("directory", tmp_path)
+    d = duravoke.Duravoke(store)
+    calls: list[tuple[str, int]] = []
+    await run_many(d, 20, calls)
+    store.checkpoint()
+    (damaged,) = (tmp_path / "store").glob("many-7.*.json")
+    damaged.write_text('{"format": "duravoke-state", "workflows": {')  # cut short
+    step = define(d, calls)
+    outcomes: dict[int, str] = {}
+
+    async def one(k: int) -> None:
+        try:
+            async with d.workflow(f"many-{k}"):
+                for i in range(STEPS + 1):
+                    await step(f"many-{k}", i)
+            outcomes[k] = "done"
+        except duravoke.CorruptStateError as exc:
+            outcomes[k] = f"corrupt: {exc}"
+
+    calls.clear()
+    async with anyio.create_task_group() as tg:
+        for k in range(20):
+            tg.start_soon(one, k)
+    assert outcomes.pop(7).startswith("corrupt"), "the damaged workflow must say so"
+    assert set(outcomes.values()) == {"done"}  # the others were opened and ran
+    assert sorted(calls) == sorted((f"many-{k}", STEPS) for k in range(20) if k != 7)
+    lease = store.try_lock("many-7")  # its lock was released
+    assert lease is not None
+    lease.close()
+    assert damaged.read_text() == '{"format": "duravoke-state", "workflows": {'  # untouched
+
+
+async def test_cancelled_while_being_opened_leaves_no_lock_behind(store: duravoke.Store) -> None:
+    # Cancelled while the opener thread takes their locks: every lock taken is entered
+    # and released on the way out, or released by the opener, never left held.
+    d = duravoke.Duravoke(store)
+    entered: list[int] = []
+
+    async def one(k: int) -> None:
+        async with d.workflow(f"cancel-{k}"):
+            entered.append(k)
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for k in range(100):
+                tg.start_soon(one, k)
+            await anyio.lowlevel.checkpoint()  # each task queued to be opened
+            tg.cancel_scope.cancel()
+    for k in range(100):
+        lease = store.try_lock(f"cancel-{k}")
+        assert lease is not None, f"cancel-{k} is still locked ({len(entered)} entered)"
+        lease.close()
