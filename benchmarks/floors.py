@@ -11,7 +11,9 @@ Every ratio in the report divides a store's figure by one of these:
 - ``INSERT+COMMIT``: one row inserted and committed per step on one connection;
 - ``index read``: reading and decoding an index of N JSON lines (what finding workflows
   among N should cost at most);
-- ``json decode``: the peak memory of decoding a store's files with ``json`` alone.
+- ``json decode``: the peak memory of decoding a store's files with ``json`` alone;
+- ``hand-off``: an event loop handing nothing to a waiting thread and being woken back
+  (what any async step that must not block its loop pays, on top of the write).
 
 The floors call the real ``os.fsync`` (the counting wrapper is for the library) and count
 their own fsyncs and commits.
@@ -208,6 +210,53 @@ def _flush_for(folder: str, dsn: str | None, schema: str | None) -> FileFlush | 
     if dsn is not None and schema is not None:
         return PgFlush(dsn, schema)
     return FileFlush(Path(folder))
+
+
+# --- the async hand-off ---------------------------------------------------------------------
+
+
+async def _handoff(rounds: int) -> float:
+    from duravoke._groupcommit import _running_loop
+
+    _, call_soon = _running_loop()
+    cond = threading.Condition()
+    asks: list[anyio.Event | None] = []
+
+    def serve() -> None:
+        with cond:
+            while True:
+                while not asks:
+                    cond.wait()
+                done = asks.pop()
+                if done is None:
+                    return
+                call_soon(done.set)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        times = []
+        for _ in range(rounds):
+            done = anyio.Event()
+            t0 = now_ns()
+            with cond:
+                asks.append(done)
+                cond.notify()
+            await done.wait()
+            times.append(now_ns() - t0)
+    finally:
+        with cond:
+            asks.append(None)
+            cond.notify()
+        thread.join()
+    return median(times[rounds // 10 :]) / 1e3
+
+
+def handoff(backend: str, rounds: int) -> float:
+    """Median microseconds for an event loop to wake a waiting thread (a condition
+    variable) and be woken back by it (``call_soon_threadsafe`` or trio's token), with
+    no work in between: the least a step that waits for a writer thread can cost."""
+    return anyio.run(_handoff, rounds, backend=backend)
 
 
 # --- group commit: async workflows ----------------------------------------------------------

@@ -398,6 +398,7 @@ def steps_scenario(ctx: Context) -> list[Table]:
             })  # fmt: skip
     if not scaling.rows:
         scaling.notes.append("no 10,000-step rows in this mode (full run only)")
+    handoff = _handoff_table(ctx, results, append_us)
     steps.notes += [
         "record us: first run, whole workflow (enter + steps + exit) / steps; loop us: steps only",
         "floor us: append+fsync of a 150 B record sampled in the row's own folder through each"
@@ -409,7 +410,44 @@ def steps_scenario(ctx: Context) -> list[Table]:
         "replay us: second run, all steps replayed (target <= 10 us); load/exit ms: entering"
         " and leaving it; peak MiB: tracemalloc peak of a first run (separate, untimed)",
     ]
-    return [steps, scaling, group]
+    return [steps, scaling, group, handoff]
+
+
+def _handoff_table(
+    ctx: Context, results: dict[tuple[str, str, str, int], dict[str, Any]], append_us: float
+) -> Table:
+    """What an async step pays to wait for a thread, measured beside its ratio."""
+    table = Table(
+        "handoff",
+        "the async hand-off: what waiting for a writer thread costs an async step",
+        ["backend", "hand-off us", "append+fsync us", "least possible x", "directory x",
+         "directory - sync us"],
+    )  # fmt: skip
+    rounds = 200 if ctx.mode == "smoke" else 2000
+    for backend in ("asyncio", "trio"):
+        sizes = [k[3] for k in results if k[:3] == ("directory", backend, "fsync")]
+        if not sizes:
+            continue
+        row = results[("directory", backend, "fsync", max(sizes))]
+        sync = results.get(("directory", "sync", "fsync", max(sizes)))
+        rt = floors.handoff(backend, rounds)
+        floor_us = row["floor_us"] or append_us  # sampled through the row, as its ratio
+        table.add({
+            "backend": backend, "hand-off us": rt, "append+fsync us": floor_us,
+            "least possible x": ratio(floor_us + rt, floor_us),
+            "directory x": row["x_floor"],
+            "directory - sync us": None if sync is None else row["loop_us"] - sync["loop_us"],
+        })  # fmt: skip
+    table.notes += [
+        "append+fsync us: the floor of the directory row (sampled through it); hand-off us:"
+        " median time for the event loop to wake a thread waiting on a condition variable"
+        " and be woken back by it, with no work in between",
+        "least possible x: an async step that waits for an append+fsync in another thread"
+        " (so that the loop never blocks) cannot cost less than (append+fsync + hand-off) /"
+        " append+fsync; DESIGN asks 1.3x",
+        "directory - sync us: what the async step costs more than the sync one (same size)",
+    ]
+    return table
 
 
 def group_floor(ctx: Context, backend: str, steps: int) -> dict[str, Any]:
