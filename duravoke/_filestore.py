@@ -28,8 +28,9 @@ import os
 import re
 import shlex
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ _INDEX_VERSION = 1
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: ...or once this much is logged and no run of this store object is going on.
 _IDLE_CHECKPOINT_BYTES = 256 * 1024
+#: A small PersistedKKV file is folded once no run has ended for this long (seconds).
+_QUIET = 0.1
 
 _homes: dict[str, Path] = {}
 
@@ -124,6 +127,8 @@ class _FileStore(Store):
         self._logs: dict[Path, Log] = {}
         self._guard = threading.Lock()
         self._open_leases = 0
+        self._last_close = 0.0  # time.monotonic() when a run last ended
+        self._fold_waiting = False  # a thread waits for a quiet moment to fold
         self._checkpointing = threading.Lock()
         _open_stores.add(self)
 
@@ -430,25 +435,42 @@ class _FileStore(Store):
             remove(log.segment_path(number), sync=False)
         log.reset()
 
-    def _lease_closed(self, *, fold: bool) -> None:
-        """A lease was closed; ``fold``: the caller may wait for a checkpoint."""
+    def _lease_closed(self) -> None:
+        """A lease was closed: start a checkpoint in the background if one is due."""
         with self._guard:
             self._open_leases -= 1
             idle = self._open_leases == 0
-        if idle:
-            fold_now = self._fold_when_idle()
-            if fold_now and fold:
-                self.checkpoint()
-                return
-            due = fold_now or self._idle_checkpoint_due()
-        else:
-            due = self.log().active_size() > _CHECKPOINT_BYTES
+            self._last_close = time.monotonic()
+        if idle and self._fold_when_idle():
+            with self._guard:
+                start, self._fold_waiting = not self._fold_waiting, True
+            if start:  # else the thread waiting already sees this run's end
+                self._in_background(self._fold_when_quiet)
+            return
+        due = self._idle_checkpoint_due() if idle else self.log().active_size() > _CHECKPOINT_BYTES
         if due and not self._checkpointing.locked():
-            # Fold in the background, so that no run (and not the caller of the one that
-            # just ended) waits for it; when nothing else of this store runs here, this
-            # makes the state files current soon, and exit makes them current at once.
-            name = "duravoke-checkpoint"
-            threading.Thread(target=self._checkpoint_quietly, name=name, daemon=True).start()
+            # Nothing waits for it, not even the caller of the run that just ended; when
+            # nothing else of this store runs here, this makes the state files current
+            # soon, and exit makes them current at once.
+            self._in_background(self._checkpoint_quietly)
+
+    def _in_background(self, work: Callable[[], None]) -> None:
+        threading.Thread(target=work, name="duravoke-checkpoint", daemon=True).start()
+
+    def _fold_when_quiet(self) -> None:
+        """Fold once no run of this store object has ended for :data:`_QUIET` seconds:
+        runs that follow one another (a loop of sync workflows) share one fold, and a
+        script's file is current a moment after its last run (and at exit)."""
+        while True:
+            with self._guard:
+                wait = self._last_close + _QUIET - time.monotonic()
+                if wait <= 0:
+                    self._fold_waiting = False
+                    busy = self._open_leases > 0  # its end schedules the fold again
+                    break
+            time.sleep(wait)
+        if not busy:
+            self._checkpoint_quietly()
 
     def _checkpoint_quietly(self) -> None:
         """A background checkpoint: a failure is logged, not raised in a thread nobody
@@ -467,7 +489,8 @@ class _FileStore(Store):
         return self.log().active_size() > _IDLE_CHECKPOINT_BYTES
 
     def _fold_when_idle(self) -> bool:
-        """Whether to fold at once, in the call that ended the last run of this store."""
+        """Whether to fold soon after the last run of this store ends (see
+        :meth:`_fold_when_quiet`), however little the log holds."""
         return False
 
 
@@ -526,19 +549,16 @@ class _FileLease(Lease):
         return log.enqueue(entries)
 
     def close(self) -> None:
-        self._close(fold=True)
-
-    def release(self, records: Sequence[Record]) -> Waitable:
-        # The records ride in a group-commit batch; unlocking a file lock never waits, so
-        # an async caller does it on its event loop (and leaves any fold to a thread).
-        first = self.enqueue(records) if records else Done()
-        return Then(first, self.close, functools.partial(self._close, fold=False))
-
-    def _close(self, *, fold: bool) -> None:
         try:
             self._lock.release()
         finally:
-            self._store._lease_closed(fold=fold)
+            self._store._lease_closed()
+
+    def release(self, records: Sequence[Record]) -> Waitable:
+        # The records ride in a group-commit batch; unlocking a file lock never waits (and
+        # any checkpoint it makes due runs in a thread), so an async caller does it on its
+        # event loop.
+        return Then(self.enqueue(records) if records else Done(), self.close)
 
     def forget(self) -> bool:
         # Whatever its state holds, damaged or not: forgetting is how a damaged workflow
@@ -643,10 +663,10 @@ class PersistedKKV(_FileStore):
             lock files live beside it in the folder ``<path>.d``.
         durability: as for :class:`DirectoryStore`.
 
-    A checkpoint rewrites the whole file (atomically). It runs when a run ends with no
-    other run of the store going on while the file is at most 256 KiB (so a script's
-    file is current when it ends), and otherwise once the log has grown, so that the
-    cost per step stays constant. Prefer :class:`DirectoryStore` for many workflows.
+    A checkpoint rewrites the whole file (atomically). While the file is at most 256 KiB,
+    it runs a moment (0.1 s) after the last run of the store ends, and at exit (so a
+    script's file is current when it ends); otherwise once the log has grown, so that
+    the cost per step stays constant. Prefer :class:`DirectoryStore` for many workflows.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: Durability = "fsync") -> None:
@@ -663,8 +683,9 @@ class PersistedKKV(_FileStore):
         return self.path.with_name(self.path.name + ".d")
 
     def _fold_when_idle(self) -> bool:
-        # A small file is kept current after every run, as its readers expect of one
-        # JSON file; rewriting it costs one write and one fsync.
+        # A small file is kept current soon after every run, as its readers expect of one
+        # JSON file; rewriting it costs a few fsyncs, which runs that follow one another
+        # share.
         try:
             small = os.stat(self.path).st_size <= 256 * 1024
         except FileNotFoundError:

@@ -269,20 +269,14 @@ class Later:
 
 
 class Then:
-    """Wait for ``first``, then (even if it failed) call ``then``: ``then_async`` for an
-    async waiter, which runs on the event loop and so must never block."""
+    """Wait for ``first``, then (even if it failed) call ``then``, which an async waiter
+    calls on its event loop: it must never block."""
 
-    __slots__ = ("_first", "_then", "_then_async")
+    __slots__ = ("_first", "_then")
 
-    def __init__(
-        self,
-        first: Waitable,
-        then: Callable[[], None],
-        then_async: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, first: Waitable, then: Callable[[], None]) -> None:
         self._first = first
         self._then = then
-        self._then_async = then_async or then
 
     def wait(self) -> None:
         """Wait for the first part, then do the second."""
@@ -296,7 +290,7 @@ class Then:
         try:
             await self._first.wait_async()
         finally:
-            self._then_async()
+            self._then()
 
 
 class Batcher(Generic[K, V]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -234,7 +235,47 @@ def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> No
     stale.write_bytes(b"half a state file")
     with kkv.workflow("w"):
         kkv_step(0)
-    assert not stale.exists()  # a small shared file is rewritten when a run ends
+    deadline = time.monotonic() + 30
+    while stale.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not stale.exists()  # a small shared file is rewritten soon after a run ends
+
+
+def test_runs_that_follow_one_another_share_the_fold_of_a_small_shared_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small PersistedKKV file is folded a moment after the last run ends, not at the
+    # end of every run: a loop of sync workflows would otherwise pay a checkpoint (a
+    # handful of fsyncs) for each one.
+    path = tmp_path / "state.json"
+    d = duravoke.Duravoke(duravoke.PersistedKKV(path))
+    step = _steps(d, [])
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    for w in range(20):
+        with d.workflow(f"w{w}"):
+            step(w)
+    during = fsyncs
+    deadline = time.monotonic() + 30
+    while b'"w19"' not in (path.read_bytes() if path.exists() else b""):
+        assert time.monotonic() < deadline, "the file never caught up"
+        time.sleep(0.01)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    # Each run: its step and its end in one fsync, and the first run's segment and
+    # folders; a checkpoint per run would add at least 4 more each.
+    assert during < 20 * 2 + 10, f"{during} fsyncs for 20 runs of one step"
+    store = duravoke.PersistedKKV(path)
+    state = store.read("w19")
+    assert state is not None
+    assert state["status"] == "completed"
+    assert json.loads(path.read_bytes())["workflows"]["w19"]["status"] == "completed"
 
 
 def test_exit_waits_for_a_background_checkpoint(tmp_path: Path) -> None:
