@@ -420,7 +420,7 @@ def _handoff_table(
     table = Table(
         "handoff",
         "the async hand-off: what waiting for a writer thread costs an async step",
-        ["backend", "hand-off us", "append+fsync us", "least possible x", "directory x",
+        ["backend", "hand-off us", "floor", "floor us", "least us", "x floor", "directory x",
          "directory - sync us"],
     )  # fmt: skip
     rounds = 200 if ctx.mode == "smoke" else 2000
@@ -433,18 +433,19 @@ def _handoff_table(
         rt = floors.handoff(backend, rounds)
         floor_us = row["floor_us"] or append_us  # sampled through the row, as its ratio
         table.add({
-            "backend": backend, "hand-off us": rt, "append+fsync us": floor_us,
-            "least possible x": ratio(floor_us + rt, floor_us),
+            "backend": backend, "hand-off us": rt, "floor": "append+fsync", "floor us": floor_us,
+            "least us": floor_us + rt, "x floor": ratio(floor_us + rt, floor_us),
             "directory x": row["x_floor"],
             "directory - sync us": None if sync is None else row["loop_us"] - sync["loop_us"],
         })  # fmt: skip
     table.notes += [
-        "append+fsync us: the floor of the directory row (sampled through it); hand-off us:"
+        "floor us: append+fsync, as sampled through the directory row; hand-off us:"
         " median time for the event loop to wake a thread waiting on a condition variable"
         " and be woken back by it, with no work in between",
-        "least possible x: an async step that waits for an append+fsync in another thread"
-        " (so that the loop never blocks) cannot cost less than (append+fsync + hand-off) /"
-        " append+fsync; DESIGN asks 1.3x",
+        "least us: an async step that waits for an append+fsync in another thread (so that"
+        " the loop never blocks) cannot cost less than append+fsync + hand-off; x floor: that"
+        " least cost / append+fsync (DESIGN asks 1.3x of the async step; directory x is the"
+        " directory store's async row)",
         "directory - sync us: what the async step costs more than the sync one (same size)",
     ]
     return table

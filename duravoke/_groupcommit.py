@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 __all__ = ["Batcher", "Done", "GroupCommit", "Later", "Then", "Ticket", "Waitable", "copy_failure"]
@@ -39,7 +40,9 @@ class GroupCommit(Generic[T]):
     ``sticky`` (the default), every later :meth:`submit` raises it too: a failed write
     may have left a partial record, after which nothing may be added. Without, the next
     batch is written as usual (the writer must then recover from a partial write itself).
-    ``name`` names the thread that writes for async callers.
+    ``name`` names the thread that writes for async callers. ``write_now(batch)``, if
+    given, writes a batch on an event loop when that cannot wait (it says no otherwise):
+    an async caller then needs no thread at all.
     """
 
     def __init__(
@@ -49,8 +52,10 @@ class GroupCommit(Generic[T]):
         *,
         sticky: bool = True,
         name: str = "duravoke-writer",
+        write_now: Callable[[list[T]], bool] | None = None,
     ) -> None:
         self._write = write
+        self._write_now = write_now
         self._name = name  # of the thread that serves async waiters
         self._on_error = on_error
         self._sticky = sticky
@@ -122,6 +127,11 @@ class GroupCommit(Generic[T]):
                 continue
             leader = self._leaders[key] = anyio.Event()
             try:
+                if self._write_now is not None:
+                    # This loop's other ready tasks queue theirs first: one write for all.
+                    await anyio.lowlevel.checkpoint()
+                    if self._wrote_now(self._write_now):
+                        continue
                 # Everything queued so far, this loop's other tasks' items included.
                 await self._written_async(self.queued(), call_soon)
             finally:
@@ -129,14 +139,20 @@ class GroupCommit(Generic[T]):
                 leader.set()
         self.wait(ticket)  # done: returns, or raises the failure of its batch
 
+    def _wrote_now(self, write_now: Callable[[list[T]], bool]) -> bool:
+        """Whether what is queued was just written with ``write_now`` (on the loop)."""
+        with self._cond:
+            if not self._queue or self._writing or self._failure is not None:
+                return False
+            return self._write_queued(write_now)
+
     async def _written_async(self, ticket: int, call_soon: Callable[[Any], object]) -> None:
         while True:
-            woken = anyio.Event()
-            wake = functools.partial(_wake, call_soon, woken.set)
             with self._cond:
                 if self.done(ticket):
                     return
-                self._wakers.append(wake)
+                woken = anyio.Event()
+                self._wakers.append(functools.partial(_wake, call_soon, woken.set))
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(
                         target=self._serve, name=self._name, daemon=True
@@ -158,30 +174,40 @@ class GroupCommit(Generic[T]):
                     self._thread = None
                     return
 
-    def _write_queued(self) -> None:
-        """Write the queued batch (the condition is held, and released while writing)."""
+    def _write_queued(self, write_now: Callable[[list[T]], bool] | None = None) -> bool:
+        """Write the queued batch (the condition is held, and released while writing);
+        with ``write_now``, only if it can (else the batch goes back in the queue and
+        this returns False)."""
         batch, self._queue = self._queue, []
         first, upto, self._writing = self._done + 1, self._queued, True
         self._cond.release()
         failure: BaseException | None = None
+        wrote = True
         try:
-            self._write(batch)
+            if write_now is None:
+                self._write(batch)
+            else:
+                wrote = write_now(batch)
         except BaseException as exc:
             failure = exc
-        finally:
-            self._cond.acquire()
-            self._writing = False
-            if failure is not None:
-                if self._sticky:
-                    self._failure = failure
-                # Kept for the waiters of that batch; a few suffice, since they are woken
-                # right now.
-                self._failed = [*self._failed[-63:], (first, upto, failure)]
-            self._done = upto
-            wakers, self._wakers = self._wakers, []
+        self._cond.acquire()
+        self._writing = False
+        if not wrote:
+            self._queue[:0] = batch  # ahead of what was queued meanwhile: order is kept
             self._cond.notify_all()
-            for wake in wakers:
-                wake()
+            return False
+        if failure is not None:
+            if self._sticky:
+                self._failure = failure
+            # Kept for the waiters of that batch; a few suffice, since they are woken
+            # right now.
+            self._failed = [*self._failed[-63:], (first, upto, failure)]
+        self._done = upto
+        wakers, self._wakers = self._wakers, []
+        self._cond.notify_all()
+        for wake in wakers:
+            wake()
+        return True
 
     def _raise_failure_of(self, ticket: int) -> None:
         for first, upto, failure in self._failed:

@@ -275,7 +275,9 @@ class Log:
         self._next_name: tuple[int, str] | None = None
         # Not sticky: after a failed write (disk full) the next one re-reads the segment
         # and, finding its end torn, starts a new one.
-        self._commit: GroupCommit[list[Entry]] = GroupCommit(self._write, self._error, sticky=False)
+        self._commit: GroupCommit[list[Entry]] = GroupCommit(
+            self._write, self._error, sticky=False, write_now=None if sync else self._write_now
+        )
 
     # --- reading -----------------------------------------------------------------------
 
@@ -420,22 +422,45 @@ class Log:
         return 0 if active is None or active.frames <= 1 else active.end
 
     def _write(self, batch: list[list[Entry]]) -> None:
-        try:
-            self._write_locked(batch)
-        except BaseException:
-            self.close()  # its end is unknown now: look again before the next write
-            raise
-
-    def _write_locked(self, batch: list[list[Entry]]) -> None:
         with self._guard, self._lock:
             if self._unchanged():
-                assert self._view is not None
-                assert self._active is not None
-                view, segment = self._view, self._active
+                self._append(batch)
             else:
-                view = self.view()
-                segment = self._writable(view)
-            assert self._fd is not None
+                try:
+                    self._writable(self.view())
+                except BaseException:
+                    self.close()  # its end is unknown now: look again before the next write
+                    raise
+                self._append(batch)
+
+    def _write_now(self, batch: list[list[Entry]]) -> bool:
+        """Write ``batch`` if nothing can make that wait, else say no: in flush mode, with
+        the log lock free and nothing new in the log to read first. An event loop writes
+        so, without waking a thread (a write to the page cache does not wait on the disk;
+        growing the segment ahead writes up to 4 MiB of zeros, once per 4 MiB)."""
+        if self.sync or not self._guard.acquire(blocking=False):
+            return False
+        try:
+            if not self._lock.acquire(blocking=False):
+                return False
+            try:
+                if not self._unchanged():
+                    return False  # catching up reads other processes' frames: a thread's work
+                self._append(batch)
+                return True
+            finally:
+                self._lock.release()
+        finally:
+            self._guard.release()
+
+    def _append(self, batch: list[list[Entry]]) -> None:
+        """Write ``batch`` as one frame at the end of the active segment, open for writing
+        and caught up (the locks are held)."""
+        view, segment = self._view, self._active
+        assert self._fd is not None
+        assert view is not None
+        assert segment is not None
+        try:
             if self.sync and segment.end > self._synced:
                 # Another process wrote since our last fsync and may have died before its
                 # own: flush its frame first, so that ours is never durable without it.
@@ -453,6 +478,9 @@ class Log:
                 self._synced = segment.synced = segment.end
             view.take(segment.number, offset, entries)
             segment.frames += 1
+        except BaseException:
+            self.close()  # its end is unknown now: look again before the next write
+            raise
 
     def _unchanged(self) -> bool:
         """Whether nobody wrote since our last frame (the log lock is held): the common

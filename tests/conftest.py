@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,3 +182,21 @@ def finished(proc: subprocess.Popen[str], expect: int = 0) -> tuple[str, str]:
         pytest.fail(f"child process hung; stderr:\n{err}")
     assert proc.returncode == expect, f"exit {proc.returncode}; stdout:\n{out}\nstderr:\n{err}"
     return out, err
+
+
+@contextlib.contextmanager
+def counting_fsyncs() -> Iterator[list[int]]:
+    """Inside the block, every ``os.fsync`` call (the real one is made) appends its file
+    descriptor to the yielded list."""
+    counted: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: Any) -> None:
+        counted.append(fd)
+        real_fsync(fd)
+
+    os.fsync = counting_fsync
+    try:
+        yield counted
+    finally:
+        os.fsync = real_fsync

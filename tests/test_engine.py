@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
+from conftest import counting_fsyncs
 
 import duravoke
 
@@ -29,23 +28,14 @@ def _segments(folder: Path) -> list[Path]:
     return sorted((folder / "log").glob("log.*"))
 
 
-def test_a_step_costs_one_fsync_of_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real os.fsync is called; only the calls are counted.
-    counted: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        counted.append(fd)
-        real_fsync(fd)
-
+def test_a_step_costs_one_fsync_of_the_log(tmp_path: Path) -> None:
     d = duravoke.Duravoke(duravoke.DirectoryStore(tmp_path / "s"))
     step = _steps(d, [])
     with d.workflow("w"):
         step(0)  # creates the log: header, fsync, folder fsync
-        monkeypatch.setattr(os, "fsync", counting_fsync)
-        for i in range(1, 51):
-            step(i)
-        monkeypatch.setattr(os, "fsync", real_fsync)
+        with counting_fsyncs() as counted:
+            for i in range(1, 51):
+                step(i)
     assert len(counted) == 50
     assert len(set(counted)) == 1  # always the log's descriptor
 
@@ -68,25 +58,15 @@ def test_the_log_is_grown_ahead_and_its_size_does_not_change_per_step(tmp_path: 
     assert not zeros.strip(b"\x00")
 
 
-def test_starting_and_finishing_a_workflow_cost_no_fsync_of_their_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    counted: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        counted.append(fd)
-        real_fsync(fd)
-
+def test_starting_and_finishing_a_workflow_cost_no_fsync_of_their_own(tmp_path: Path) -> None:
     d = duravoke.Duravoke(duravoke.DirectoryStore(tmp_path / "s"))
     step = _steps(d, [])
     with d.workflow("first"):
         step(0)
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    for w in range(10):
-        with d.workflow(f"w{w}"):
-            step(1)
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    with counting_fsyncs() as counted:
+        for w in range(10):
+            with d.workflow(f"w{w}"):
+                step(1)
     # One frame for the first step (with the "running" event), one for the outcome.
     assert len(counted) == 20
     assert list((tmp_path / "s").glob("w*.json")) == []  # no state file written per run
@@ -242,7 +222,7 @@ def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> No
 
 
 def test_runs_that_follow_one_another_share_the_fold_of_a_small_shared_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # A small PersistedKKV file is folded a moment after the last run ends, not at the
     # end of every run: a loop of sync workflows would otherwise pay a checkpoint (a
@@ -250,24 +230,15 @@ def test_runs_that_follow_one_another_share_the_fold_of_a_small_shared_file(
     path = tmp_path / "state.json"
     d = duravoke.Duravoke(duravoke.PersistedKKV(path))
     step = _steps(d, [])
-    fsyncs = 0
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        nonlocal fsyncs
-        fsyncs += 1
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    for w in range(20):
-        with d.workflow(f"w{w}"):
-            step(w)
-    during = fsyncs
+    with counting_fsyncs() as counted:
+        for w in range(20):
+            with d.workflow(f"w{w}"):
+                step(w)
+        during = len(counted)
     deadline = time.monotonic() + 30
     while b'"w19"' not in (path.read_bytes() if path.exists() else b""):
         assert time.monotonic() < deadline, "the file never caught up"
         time.sleep(0.01)
-    monkeypatch.setattr(os, "fsync", real_fsync)
     # Each run: its step and its end in one fsync, and the first run's segment and
     # folders; a checkpoint per run would add at least 4 more each.
     assert during < 20 * 2 + 10, f"{during} fsyncs for 20 runs of one step"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 import weakref
@@ -217,3 +218,103 @@ def test_a_store_that_ran_workflows_is_freed_with_its_files(tmp_path: Path) -> N
     if fds.is_dir():
         # Each store held two descriptors (the log's segment and lock): 40 if leaked.
         assert len(list(fds.iterdir())) - before < 10
+
+
+# --- writing on the event loop when nothing can make it wait (flush mode) ------------------
+
+
+@pytest.mark.anyio
+async def test_a_write_that_cannot_wait_is_made_on_the_loop_for_all_its_ready_tasks() -> None:
+    disk = Disk()
+    loop_thread = threading.current_thread().name
+
+    def write_now(batch: list[int]) -> bool:
+        disk.write(batch)
+        return True
+
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error, write_now=write_now)
+
+    async def one(item: int) -> None:
+        await commit.ticket(item).wait_async()
+        assert item in disk.written
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for item in range(100):
+                tg.start_soon(one, item)
+        for item in range(100, 110):  # one after another
+            await one(item)
+    assert disk.threads == {loop_thread}  # no writer thread was woken
+    assert disk.written == set(range(110))
+    assert len(disk.batches) < 20  # the tasks that were ready together shared a write
+
+
+@pytest.mark.anyio
+async def test_a_write_that_would_wait_goes_to_the_writer_thread() -> None:
+    disk = Disk()
+    refused: list[list[int]] = []
+
+    def write_now(batch: list[int]) -> bool:
+        refused.append(list(batch))  # as the log does when another process holds its lock
+        return False
+
+    commit: GroupCommit[int] = GroupCommit(disk.write, _error, write_now=write_now)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for item in range(20):
+                tg.start_soon(lambda i: commit.ticket(i).wait_async(), item)
+    assert refused  # it was asked, and said no
+    assert disk.threads == {"duravoke-writer"}
+    assert [i for batch in disk.batches for i in batch] == list(range(20))  # once, in order
+
+
+@pytest.mark.anyio
+async def test_async_flush_steps_never_wait_for_another_process_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    # Another process holds the log's lock (it is writing, or fsyncing in fsync mode):
+    # an async step in flush mode must not block its event loop waiting for it.
+    store = duravoke.DirectoryStore(tmp_path / "s", durability="flush")
+    d = duravoke.Duravoke(store)
+
+    @d.duravoke
+    async def step(i: int) -> int:
+        return i * 2
+
+    async with d.workflow("w"):
+        assert await step(0) == 0  # creates the log
+        lock = str(tmp_path / "s" / "log" / "lock")
+        async with await anyio.open_process([sys.executable, "-c", HOLD_LOCK, lock]) as holder:
+            assert holder.stdout is not None
+            assert (await holder.stdout.receive()).startswith(b"locked")
+            ticks = 0
+            done = anyio.Event()
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not done.is_set():
+                    ticks += 1
+                    await anyio.sleep(0.005)
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ticker)
+                    started = time.monotonic()
+                    assert await step(1) == 2  # waits for the lock, off the loop
+                    waited = time.monotonic() - started
+                    done.set()
+    assert waited >= 0.3  # it did wait for the other process...
+    assert ticks >= 10  # ...while the loop ran on
+    state = duravoke.DirectoryStore(tmp_path / "s").read("w")
+    assert state is not None
+    assert len(state["steps"]) == 2
+
+
+# Holds a file's flock for 0.5 s (or until killed), saying so once it has it.
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(0.5)
+"""

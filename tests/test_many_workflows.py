@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from conftest import POSTGRES_DSN, make_store, postgres_schema
+from conftest import POSTGRES_DSN, counting_fsyncs, make_store, postgres_schema
 
 import duravoke
 from duravoke._postgres import POOL_SIZE
@@ -55,23 +55,13 @@ async def run_many(d: duravoke.Duravoke, count: int, calls: list[tuple[str, int]
 
 
 @pytest.mark.parametrize("kind", ["directory", "kkv"])
-async def test_records_of_many_workflows_share_fsyncs(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fsyncs = 0
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        nonlocal fsyncs
-        fsyncs += 1
-        real_fsync(fd)
-
+async def test_records_of_many_workflows_share_fsyncs(kind: str, tmp_path: Path) -> None:
     store = make_store(kind, tmp_path)
     d = duravoke.Duravoke(store)
     calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    await run_many(d, 200, calls)
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    with counting_fsyncs() as counted:
+        await run_many(d, 200, calls)
+    fsyncs = len(counted)
     steps = 200 * STEPS
     assert len(calls) == steps
     # One fsync per step would be 600 (and each workflow's start and end more): batches
@@ -291,11 +281,14 @@ def test_sigkill_in_the_middle_of_cross_workflow_batches(kind: str, tmp_path: Pa
 
 
 def _batch_sizes(store: duravoke.Store) -> list[int]:
-    """Record how many workflows each lock attempt of ``store`` asks for."""
+    """Record how many workflows each lock attempt of ``store`` asks for. The first one
+    takes 0.2 s, as a slow disk or server would: the other tasks queue meanwhile."""
     sizes: list[int] = []
     try_lock_many = store.try_lock_many
 
     def counting(workflow_ids: list[str]) -> list[duravoke.Lease | None]:
+        if not sizes:
+            time.sleep(0.2)
         sizes.append(len(workflow_ids))
         return try_lock_many(workflow_ids)
 
@@ -313,7 +306,7 @@ async def test_workflows_entered_together_are_opened_together(store: duravoke.St
         await run_many(duravoke.Duravoke(store), 200, calls)
     assert len(calls) == 200 * STEPS
     assert sum(sizes) == 200  # each opened once: none was found busy
-    assert len(sizes) < 50, sizes
+    assert len(sizes) <= 5, sizes  # those queued during the first were opened together
 
 
 async def test_a_damaged_workflow_opened_with_others_fails_alone(tmp_path: Path) -> None:
