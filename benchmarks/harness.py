@@ -244,10 +244,14 @@ def drop_schema(dsn: str, schema: str) -> None:
 
 
 def folder_bytes(folder: Path) -> int:
-    """Sum of the sizes of the files under ``folder``."""
-    return sum(
-        (Path(root) / name).stat().st_size for root, _, names in os.walk(folder) for name in names
-    )
+    """Sum of the sizes of the files under ``folder`` (a file that a checkpoint running
+    in the background deletes meanwhile counts for nothing)."""
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += (Path(root) / name).stat().st_size
+    return total
 
 
 # --- fresh processes ------------------------------------------------------------------------
