@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import threading
@@ -93,18 +94,22 @@ SELECT workflow_id, 1, seq, record FROM {s}.steps WHERE workflow_id = ANY(%(ids)
 ORDER BY 1, 2, 3
 """
 
-# One statement, so one transaction: the workflow row and its new step records.
-# A rewritten step keeps its seq, as a rewritten dict key keeps its place.
+# One statement, so one transaction: the workflow rows and their new step records.
+# A rewritten step keeps its seq, as a rewritten dict key keeps its place. The rows come
+# as two JSON documents of strings, [[id, state], ...] and [[workflow id, sid, record],
+# ...], each state and record its JSON text: the server parses them in C, where text
+# arrays would cost psycopg a regular-expression escape of every quote of every record.
+# As strings, a "\u0000" in a record is no escape of the document (which the server would
+# refuse to turn into text), and a json value (not jsonb) keeps its text as sent.
 _SAVE = """
 WITH workflow AS (
     INSERT INTO {s}.workflows (id, state, updated)
-    SELECT id, state::json, now() FROM unnest(%(ids)s::text[], %(states)s::text[]) AS w (id, state)
+    SELECT w->>0, (w->>1)::json, now() FROM json_array_elements(%(states)s::json) AS w
     ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated = excluded.updated
 )
 INSERT INTO {s}.steps (workflow_id, sid, record)
-SELECT workflow_id, sid, record::json
-FROM unnest(%(workflow_ids)s::text[], %(sids)s::text[], %(records)s::text[])
-    WITH ORDINALITY AS r (workflow_id, sid, record, n)
+SELECT r->>0, r->>1, (r->>2)::json
+FROM json_array_elements(%(records)s::json) WITH ORDINALITY AS x (r, n)
 ORDER BY n
 ON CONFLICT (workflow_id, sid) DO UPDATE SET record = excluded.record
 """
@@ -621,11 +626,8 @@ class _Session:
             lease.header["steps"].clear()
             headers[lease.db_id] = compact({k: v for k, v in lease.header.items() if k != "steps"})
         params = {
-            "ids": list(headers),
-            "states": list(headers.values()),
-            "workflow_ids": [w for w, _ in steps],
-            "sids": [s for _, s in steps],
-            "records": list(steps.values()),
+            "states": json.dumps(list(headers.items())),
+            "records": json.dumps([(w, s, r) for (w, s), r in steps.items()]),
         }
         with self.lock:
             try:
