@@ -443,6 +443,7 @@ class _FileStore(Store):
             self._open_leases -= 1
             idle = self._open_leases == 0
             self._last_close = time.monotonic()
+        # Asked outside the guard: it may build the log, which takes the guard.
         if idle and self._fold_when_idle():
             with self._guard:
                 start, self._fold_waiting = not self._fold_waiting, True

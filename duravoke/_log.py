@@ -422,16 +422,14 @@ class Log:
         return 0 if active is None or active.frames <= 1 else active.end
 
     def _write(self, batch: list[list[Entry]]) -> None:
-        with self._guard, self._lock:
-            if self._unchanged():
-                self._append(batch)
-            else:
-                try:
+        try:
+            with self._guard, self._lock:
+                if not self._unchanged():
                     self._writable(self.view())
-                except BaseException:
-                    self.close()  # its end is unknown now: look again before the next write
-                    raise
                 self._append(batch)
+        except BaseException:
+            self.close()  # its end is unknown now: look again before the next write
+            raise
 
     def _write_now(self, batch: list[list[Entry]]) -> bool:
         """Write ``batch`` if nothing can make that wait, else say no: in flush mode, with
@@ -448,6 +446,9 @@ class Log:
                     return False  # catching up reads other processes' frames: a thread's work
                 self._append(batch)
                 return True
+            except BaseException:
+                self.close()  # its end is unknown now: look again before the next write
+                raise
             finally:
                 self._lock.release()
         finally:
@@ -460,27 +461,23 @@ class Log:
         assert self._fd is not None
         assert view is not None
         assert segment is not None
-        try:
-            if self.sync and segment.end > self._synced:
-                # Another process wrote since our last fsync and may have died before its
-                # own: flush its frame first, so that ours is never durable without it.
-                os.fsync(self._fd)
-            entries = [entry for entries in batch for entry in entries]
-            for workflow_id, record in entries:
-                if record.get("msg") is not None and record.get("seq") is None:
-                    key = (workflow_id, record["msg"])
-                    record["seq"] = view.seqs[key] = view.seqs.get(key, 0) + 1
-            frame = encode_frame(entry_line(w, r) for w, r in entries)
-            offset = segment.end
-            self._put(segment, frame)
-            if self.sync:
-                os.fsync(self._fd)
-                self._synced = segment.synced = segment.end
-            view.take(segment.number, offset, entries)
-            segment.frames += 1
-        except BaseException:
-            self.close()  # its end is unknown now: look again before the next write
-            raise
+        if self.sync and segment.end > self._synced:
+            # Another process wrote since our last fsync and may have died before its
+            # own: flush its frame first, so that ours is never durable without it.
+            os.fsync(self._fd)
+        entries = [entry for entries in batch for entry in entries]
+        for workflow_id, record in entries:
+            if record.get("msg") is not None and record.get("seq") is None:
+                key = (workflow_id, record["msg"])
+                record["seq"] = view.seqs[key] = view.seqs.get(key, 0) + 1
+        frame = encode_frame(entry_line(w, r) for w, r in entries)
+        offset = segment.end
+        self._put(segment, frame)
+        if self.sync:
+            os.fsync(self._fd)
+            self._synced = segment.synced = segment.end
+        view.take(segment.number, offset, entries)
+        segment.frames += 1
 
     def _unchanged(self) -> bool:
         """Whether nobody wrote since our last frame (the log lock is held): the common
