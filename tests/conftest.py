@@ -7,7 +7,9 @@ import hashlib
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +189,12 @@ def finished(proc: subprocess.Popen[str], expect: int = 0) -> tuple[str, str]:
 @contextlib.contextmanager
 def counting_fsyncs() -> Iterator[list[int]]:
     """Inside the block, every ``os.fsync`` call (the real one is made) appends its file
-    descriptor to the yielded list."""
+    descriptor to the yielded list. Checkpoints running in the background when the block
+    starts (an earlier test's store folding its file) are waited for first: their fsyncs
+    are not the block's."""
+    for thread in threading.enumerate():
+        if thread.name == "duravoke-checkpoint":
+            thread.join(60)
     counted: list[int] = []
     real_fsync = os.fsync
 
@@ -200,3 +207,11 @@ def counting_fsyncs() -> Iterator[list[int]]:
         yield counted
     finally:
         os.fsync = real_fsync
+
+
+def wait_for(predicate: Callable[[], object], what: str, limit: float = 15.0) -> None:
+    """Poll ``predicate`` until it holds; fail saying ``what`` after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

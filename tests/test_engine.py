@@ -7,10 +7,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from conftest import counting_fsyncs
+from conftest import counting_fsyncs, wait_for
 
 import duravoke
 
@@ -172,10 +171,7 @@ def test_a_large_shared_file_is_rewritten_only_when_the_log_has_grown(tmp_path: 
     with d2.workflow("small"):
         for i in range(2, 2 + 300 * 1024 // 150):
             step2(i)
-    deadline = time.monotonic() + 30
-    while path.read_bytes() == before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert path.read_bytes() != before
+    wait_for(lambda: path.read_bytes() != before, "the shared file rewritten", limit=30)
     state = duravoke.PersistedKKV(path).read("small")
     assert state is not None
     assert state["status"] == "completed"
@@ -215,10 +211,8 @@ def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> No
     stale.write_bytes(b"half a state file")
     with kkv.workflow("w"):
         kkv_step(0)
-    deadline = time.monotonic() + 30
-    while stale.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not stale.exists()  # a small shared file is rewritten soon after a run ends
+    # A small shared file is rewritten soon after a run ends.
+    wait_for(lambda: not stale.exists(), "the stale temporary file removed", limit=30)
 
 
 def test_runs_that_follow_one_another_share_the_fold_of_a_small_shared_file(
@@ -235,10 +229,11 @@ def test_runs_that_follow_one_another_share_the_fold_of_a_small_shared_file(
             with d.workflow(f"w{w}"):
                 step(w)
         during = len(counted)
-    deadline = time.monotonic() + 30
-    while b'"w19"' not in (path.read_bytes() if path.exists() else b""):
-        assert time.monotonic() < deadline, "the file never caught up"
-        time.sleep(0.01)
+    wait_for(
+        lambda: b'"w19"' in (path.read_bytes() if path.exists() else b""),
+        "the file to catch up",
+        limit=30,
+    )
     # Each run: its step and its end in one fsync, and the first run's segment and
     # folders; a checkpoint per run would add at least 4 more each.
     assert during < 20 * 2 + 10, f"{during} fsyncs for 20 runs of one step"

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import close_store, finished
+from conftest import close_store, finished, wait_for
 
 import duravoke
 from duravoke._run import Step
@@ -65,13 +65,6 @@ async def aconfirm(user: str) -> Any:
 
 def _info(workflow_id: str) -> duravoke.WorkflowInfo:
     return duravoke.get_workflow(workflow_id, D.store)
-
-
-def _wait_for(predicate: Any, what: str, limit: float = 15.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # --- called directly: waits block, and are recorded ------------------------------------
@@ -196,9 +189,9 @@ def test_a_sleep_killed_half_way_waits_only_what_remains(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     procs.append(first)
-    _wait_for(lambda: log.exists() and "before" in log.read_text(), "the first step", 60)
+    wait_for(lambda: log.exists() and "before" in log.read_text(), "the first step", 60)
     began = float(log.read_text().split()[1])
-    _wait_for(lambda: time.time() >= began + delay / 2, "half the delay")
+    wait_for(lambda: time.time() >= began + delay / 2, "half the delay")
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert "after" not in log.read_text()
@@ -280,7 +273,7 @@ def test_a_long_sleep_suspends_the_workflow_under_a_runner(w: None) -> None:
     lease.close()
     assert duravoke.resume(D.store, suspend_after=0.2).outcomes == []  # not before its time
     assert SEEN == ["before"]
-    _wait_for(lambda: D.store.due(datetime.now(timezone.utc)), "the wake time")
+    wait_for(lambda: D.store.due(datetime.now(timezone.utc)), "the wake time")
     assert [o.status for o in duravoke.resume(D.store, suspend_after=0.2).outcomes] == ["completed"]
     assert SEEN == ["before", "after"]
 
